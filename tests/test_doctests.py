@@ -1,0 +1,22 @@
+"""Run the doctest examples of the modules listed here (rewards keep theirs as documentation)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "verirl.config",
+    "verirl.rewards.result",
+    "verirl.envs.registry",
+    "verirl.envs.arithmetic",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_doctests(name):
+    mod = importlib.import_module(name)
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0

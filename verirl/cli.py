@@ -1,0 +1,198 @@
+"""The ``verirl`` command. Parsing only; each subcommand's work lives in its own module and is
+imported when that subcommand runs, so ``verirl --help`` and ``verirl envs list`` never import
+torch or vLLM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from verirl import __version__
+from verirl.errors import UserError
+
+
+def _envs_list(args: argparse.Namespace) -> int:
+    from verirl.envs.registry import available_envs, env_source
+
+    envs = available_envs()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": n,
+                        "description": c.description,
+                        "reward_kinds": list(c.reward_kinds),
+                        "fields": list(c.fields),
+                        "source": env_source(n),
+                    }
+                    for n, c in envs.items()
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="verirl environments")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    table.add_column("reward kinds")
+    for n, c in envs.items():
+        table.add_row(n, c.description, ", ".join(c.reward_kinds))
+    Console().print(table)
+    return 0
+
+
+def _envs_show(args: argparse.Namespace) -> int:
+    from verirl.envs.registry import env_source, get_env_class
+
+    cls = get_env_class(args.name)
+    print(f"name:         {cls.name}")
+    print(f"description:  {cls.description}")
+    print(f"reward kinds: {', '.join(cls.reward_kinds)}")
+    print(f"row fields:   {', '.join(cls.fields)}")
+    print(f"source:       {env_source(cls.name)}")
+    if cls.example_row:
+        env: Any = cls.__new__(cls)  # a prompt needs no dataset: skip __init__'s loading
+        try:
+            env.__init__()
+        except Exception:
+            pass
+        try:
+            prompt = env.prompt(dict(cls.example_row))
+        except Exception as e:
+            prompt = f"<needs options to build a prompt: {e}>"
+        print(f"example row:  {json.dumps(cls.example_row)}")
+        print("sample prompt:")
+        print(prompt if isinstance(prompt, str) else json.dumps(prompt, indent=2))
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from verirl.config import parse_overrides
+    from verirl.scoring import score_file
+
+    options = parse_overrides(args.option or [])
+    if args.sandbox:
+        options["sandbox"] = args.sandbox
+    counts = score_file(args.env, args.input, args.output, args.workers, options, not args.quiet)
+    total = sum(counts.values())
+    summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    print(f"scored {total} rows -> {args.output} ({summary})")
+    return 0
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from verirl.sandboxes.cli import sandbox_command
+
+    return sandbox_command(args)
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from verirl.train.cli import sft_command
+
+    return sft_command(args.config, args.overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from verirl.train.cli import train_command
+
+    return train_command(args.config, args.overrides, resume=args.resume)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from verirl.demo import main as demo_main
+
+    return demo_main(args.out)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from verirl.evals.cli import eval_command
+
+    return eval_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="verirl",
+        description="Reinforcement learning from verifiable rewards for reasoning LMs.",
+    )
+    p.add_argument("--version", action="version", version=f"verirl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    envs = sub.add_parser("envs", help="list and inspect environments")
+    envs_sub = envs.add_subparsers(dest="envs_command", required=True, metavar="ACTION")
+    el = envs_sub.add_parser("list", help="registered environments")
+    el.add_argument("--json", action="store_true", help="machine-readable output")
+    el.set_defaults(func=_envs_list)
+    es = envs_sub.add_parser("show", help="fields a row needs and a sample prompt")
+    es.add_argument("name")
+    es.set_defaults(func=_envs_show)
+
+    sc = sub.add_parser("score", help="score completions in a JSONL file")
+    sc.add_argument("env", help="environment name (see `verirl envs list`)")
+    sc.add_argument(
+        "--input", required=True, help="JSONL rows with `completion` and the env's fields"
+    )
+    sc.add_argument(
+        "--output", required=True, help="JSONL output: input rows + reward/status/detail"
+    )
+    sc.add_argument("--sandbox", choices=["docker", "process", "auto"], help="code envs only")
+    sc.add_argument("--workers", type=int, default=None, help="concurrent checks")
+    sc.add_argument("--option", action="append", metavar="KEY=VALUE", help="environment option")
+    sc.add_argument("--quiet", action="store_true", help="no progress bar")
+    sc.set_defaults(func=_score)
+
+    sb = sub.add_parser("sandbox", help="build the sandbox image, check the engine")
+    sb.add_argument("action", choices=["build", "doctor"])
+    sb.add_argument("--force", action="store_true", help="rebuild the image even if up to date")
+    sb.set_defaults(func=_sandbox)
+
+    for name, func, what in (
+        ("sft", _sft, "supervised warm start"),
+        ("train", _train, "RL training (GRPO/PPO)"),
+    ):
+        t = sub.add_parser(name, help=what)
+        t.add_argument("config", help="YAML config file")
+        t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+        if name == "train":
+            t.add_argument(
+                "--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint"
+            )
+        t.set_defaults(func=func)
+
+    de = sub.add_parser("demo", help="the built-in tiny end-to-end job (what `make demo` runs)")
+    de.add_argument("--out", default="runs/demo", help="output directory")
+    de.set_defaults(func=_demo)
+
+    ev = sub.add_parser("eval", help="pass@k suites; or score samples made elsewhere")
+    ev.add_argument("suite", nargs="?", help="suite name or YAML file (see evals/suites)")
+    ev.add_argument("--model", action="append", default=[], help="model path or id (repeatable)")
+    ev.add_argument("--samples", help="JSONL completions to score instead of sampling")
+    ev.add_argument("--env", help="environment for --samples")
+    ev.add_argument("--out", help="output directory")
+    ev.add_argument("--backend", choices=["hf", "vllm"], help="rollout engine (default: suite's)")
+    ev.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="suite overrides")
+    ev.set_defaults(func=_eval)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
