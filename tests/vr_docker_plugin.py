@@ -1,0 +1,1 @@
+"""Docker test support (owned by the sandbox work): the `docker` marker's skip logic."""

@@ -1,0 +1,1 @@
+"""Tiny-model fixtures shared by trainer, rollout and eval tests."""
