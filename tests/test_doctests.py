@@ -12,6 +12,7 @@ MODULES = [
     "verirl.rewards.result",
     "verirl.envs.registry",
     "verirl.envs.arithmetic",
+    "verirl.tiny",
 ]
 
 
