@@ -1,0 +1,134 @@
+"""pass@k: the unbiased estimator of Chen et al. 2021 and bootstrap confidence intervals.
+
+With ``n`` samples of one problem of which ``c`` are correct, the probability that at least one
+of ``k`` samples drawn without replacement is correct is (Chen et al. 2021, "Evaluating Large
+Language Models Trained on Code", eq. 1 and Fig. 3)::
+
+    pass@k = 1 - C(n - c, k) / C(n, k) = 1 - prod_{i = n - c + 1}^{n} (1 - k / i)
+
+and 1 when ``n - c < k``. The product form never builds the huge binomials, so it stays exact in
+floating point for n in the thousands. The suite score is the mean over problems; its uncertainty
+comes from which problems were drawn, so the confidence interval resamples problems (percentile
+bootstrap, Efron & Tibshirani 1993).
+
+>>> pass_at_k(10, 0, 1)
+0.0
+>>> pass_at_k(10, 10, 5)
+1.0
+>>> round(pass_at_k(10, 3, 1), 6)
+0.3
+>>> round(pass_at_k(4, 1, 2), 6)
+0.5
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from verirl.errors import UserError
+
+__all__ = [
+    "bootstrap_ci",
+    "pass_at_k",
+    "pass_at_k_array",
+    "pass_at_k_curve",
+    "valid_ks",
+]
+
+
+def _check(n: int, c: int, k: int) -> None:
+    if n < 1:
+        raise UserError(f"pass@k needs at least one sample per problem, got n={n}")
+    if not 0 <= c <= n:
+        raise UserError(f"pass@k: number correct c={c} must be between 0 and n={n}")
+    if k < 1:
+        raise UserError(f"pass@k: k must be >= 1, got k={k}")
+    if k > n:
+        raise UserError(
+            f"pass@k: k={k} is larger than the number of samples n={n}; "
+            f"the unbiased estimator needs n >= k (sample more, or drop k={k})"
+        )
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one problem: ``1 - prod_{i=n-c+1}^{n} (1 - k/i)`` (Chen et al. 2021).
+
+    Raises ``UserError`` when ``k > n`` (the estimator is undefined), ``k < 1`` or ``c`` is outside
+    ``[0, n]``.
+
+    >>> round(pass_at_k(5, 2, 2), 6)  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+    0.7
+    """
+    _check(n, c, k)
+    if n - c < k:
+        return 1.0
+    i = np.arange(n - c + 1, n + 1, dtype=np.float64)
+    return float(1.0 - np.prod(1.0 - k / i))
+
+
+def pass_at_k_array(
+    n: Sequence[int] | np.ndarray, c: Sequence[int] | np.ndarray, k: int
+) -> np.ndarray:
+    """Per-problem pass@k for arrays of ``n`` and ``c`` (same shape, or ``n`` a scalar).
+
+    Returns a float64 array of the broadcast shape; raises ``UserError`` naming the first bad
+    problem index when any ``k > n`` or ``c`` is out of range.
+
+    >>> pass_at_k_array([4, 4, 4], [0, 1, 4], 2).round(6).tolist()
+    [0.0, 0.5, 1.0]
+    """
+    n_arr, c_arr = np.broadcast_arrays(np.asarray(n, dtype=np.int64), np.asarray(c, dtype=np.int64))
+    out = np.empty(n_arr.shape, dtype=np.float64)
+    for idx, (ni, ci) in enumerate(zip(n_arr.ravel(), c_arr.ravel(), strict=True)):
+        try:
+            out.flat[idx] = pass_at_k(int(ni), int(ci), k)
+        except UserError as e:
+            raise UserError(f"problem #{idx}: {e}") from None
+    return out
+
+
+def valid_ks(ks: Sequence[int], n_min: int) -> list[int]:
+    """The sorted, de-duplicated ks; raises ``UserError`` for any k < 1 or k > ``n_min``."""
+    bad = [k for k in ks if k < 1 or k > n_min]
+    if bad:
+        raise UserError(
+            f"pass@k: k values {bad} are not in [1, n={n_min}] (n = fewest samples of any "
+            "problem); the unbiased estimator needs k <= n"
+        )
+    return sorted(set(ks))
+
+
+def pass_at_k_curve(n: Sequence[int] | np.ndarray, c: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Mean pass@k over problems for every k = 1..min(n): element ``k-1`` is pass@k."""
+    n_arr = np.asarray(n, dtype=np.int64)
+    if n_arr.size == 0:
+        raise UserError("pass@k: no problems to average over")
+    kmax = int(n_arr.min())
+    return np.array([pass_at_k_array(n, c, k).mean() for k in range(1, kmax + 1)])
+
+
+def bootstrap_ci(
+    per_problem: Sequence[float] | np.ndarray,
+    *,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap ``(lo, hi)`` of the mean of ``per_problem`` over resampled problems.
+
+    Problems are drawn with replacement ``n_boot`` times; the interval is the ``alpha/2`` and
+    ``1 - alpha/2`` quantiles of the resampled means. Deterministic for a given ``seed``.
+
+    >>> bootstrap_ci([1.0, 1.0, 1.0])
+    (1.0, 1.0)
+    """
+    x = np.asarray(per_problem, dtype=np.float64)
+    if x.size == 0:
+        raise UserError("bootstrap: no problems to resample")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    means = x[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
