@@ -31,9 +31,11 @@ from verirl.errors import UserError
 
 __all__ = [
     "bootstrap_ci",
+    "bootstrap_curve_ci",
     "pass_at_k",
     "pass_at_k_array",
     "pass_at_k_curve",
+    "per_problem_matrix",
     "valid_ks",
 ]
 
@@ -132,3 +134,41 @@ def bootstrap_ci(
     means = x[idx].mean(axis=1)
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def bootstrap_curve_ci(
+    per_problem: np.ndarray, *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile-bootstrap bands for every column of a ``[P, K]`` matrix of per-problem pass@k.
+
+    Each resample draws P problems with replacement; drawing counts from a multinomial and
+    averaging with a matrix product (``[B, P] @ [P, K]``) avoids materialising ``[B, P, K]``.
+    All columns share the resamples, so the bands of neighbouring k are coherent.
+    Returns ``(lo, hi)``, each of shape ``[K]``.
+
+    >>> lo, hi = bootstrap_curve_ci(np.array([[0.5, 1.0], [0.5, 1.0]]))
+    >>> lo.tolist(), hi.tolist()
+    ([0.5, 1.0], [0.5, 1.0])
+    """
+    m = np.asarray(per_problem, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] == 0:
+        raise UserError(f"bootstrap: expected a non-empty [problems, k] matrix, got {m.shape}")
+    p = m.shape[0]
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(p, np.full(p, 1.0 / p), size=n_boot)  # [B, P]
+    means = counts @ m / p  # [B, K]
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=0)
+    return lo, hi
+
+
+def per_problem_matrix(n: Sequence[int] | np.ndarray, c: Sequence[int] | np.ndarray) -> np.ndarray:
+    """``[P, K]`` per-problem pass@k for k = 1..K, K = min(n) (column k-1 is pass@k).
+
+    >>> per_problem_matrix([2, 2], [1, 0]).tolist()
+    [[0.5, 1.0], [0.0, 0.0]]
+    """
+    n_arr = np.asarray(n, dtype=np.int64)
+    if n_arr.size == 0:
+        raise UserError("pass@k: no problems")
+    kmax = int(n_arr.min())
+    return np.stack([pass_at_k_array(n, c, k) for k in range(1, kmax + 1)], axis=1)

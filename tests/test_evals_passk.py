@@ -80,6 +80,10 @@ def test_bootstrap_ci_contains_mean_and_is_deterministic():
     assert bootstrap_ci([0.2, 0.2]) == pytest.approx((0.2, 0.2))
 
 
-def test_doctests():
-    result = doctest.testmod(passk)
+@pytest.mark.parametrize("name", ["passk", "report", "runner", "samples", "cli"])
+def test_doctests(name):
+    import importlib
+
+    mod = importlib.import_module(f"verirl.evals.{name}")
+    result = doctest.testmod(mod)
     assert result.attempted > 0 and result.failed == 0

@@ -1,0 +1,385 @@
+"""Sample n completions per problem with a rollout engine, score them, cache them.
+
+Reproducibility: problem i of environment e is sampled in its own ``generate`` call with the seed
+``derive_seed(suite.seed, e, i)``, so its completions do not depend on which other problems were
+sampled before it, and base and trained models see the same seeds (common random numbers make
+their difference less noisy).
+
+Cache and resume: each (model fingerprint, suite sampling hash, seed) has one JSONL file under
+``<out>/cache/``; a problem's record is appended (and fsynced) as soon as it is sampled and
+scored. A re-run reads the file and samples only the problems it lacks, so an interrupted suite
+resumes where it stopped and a finished one costs nothing but the report. A record whose prompt
+differs from the current one (the dataset changed under the same options) is sampled again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from verirl.envs.base import Environment, Prompt, Row
+from verirl.envs.registry import make_env
+from verirl.evals.report import problem_record, write_outputs
+from verirl.evals.suite import SuiteConfig
+
+from verirl.config import dump_config
+from verirl.errors import ConfigError, DataError, UserError
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Problem:
+    """One dataset row of one environment of the suite."""
+
+    env_key: str
+    index: int
+    problem_id: str
+    row: Row
+    prompt: Prompt
+
+
+def derive_seed(seed: int, env_key: str, index: int) -> int:
+    """A 31-bit seed that depends only on (suite seed, environment label, problem index).
+
+    >>> derive_seed(0, "arithmetic", 3) == derive_seed(0, "arithmetic", 3)
+    True
+    >>> derive_seed(0, "arithmetic", 3) != derive_seed(1, "arithmetic", 3)
+    True
+    """
+    h = hashlib.sha256(f"{seed}:{env_key}:{index}".encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def problem_id_of(row: Row, index: int) -> str:
+    """The row's own id (``task_id``, ``id`` or ``problem_id``), else its index."""
+    for key in ("task_id", "id", "problem_id"):
+        if key in row and row[key] is not None:
+            return str(row[key])
+    return str(index)
+
+
+def model_fingerprint(model: str | Path) -> str:
+    """Hash of a model directory's weights, config and tokenizer files (or of a hub id).
+
+    Files up to 256 MiB are hashed whole; larger ones by size, mtime and their first and last
+    MiB, so fingerprinting a 14 GB checkpoint stays instant while a retrained tiny model is
+    always told apart.
+    """
+    p = Path(model)
+    h = hashlib.sha256()
+    if not p.is_dir():
+        h.update(f"id:{model}".encode())
+        return h.hexdigest()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        rel = f.relative_to(p).as_posix()
+        if rel.startswith(".") or "/." in rel:
+            continue
+        st = f.stat()
+        h.update(f"{rel}:{st.st_size}".encode())
+        with f.open("rb") as fh:
+            if st.st_size <= 256 << 20:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            else:
+                h.update(str(st.st_mtime_ns).encode())
+                h.update(fh.read(1 << 20))
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()
+
+
+def load_problems(suite: SuiteConfig, envs: Mapping[str, Environment]) -> list[Problem]:
+    problems: list[Problem] = []
+    for spec in suite.envs:
+        env = envs[spec.key]
+        try:
+            rows = list(env.rows(spec.split))
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"suite {suite.name!r}: env {spec.key!r}: {e}") from None
+        if spec.size is not None:
+            if spec.size > len(rows):
+                raise ConfigError(
+                    f"suite {suite.name!r}: env {spec.key!r} split {spec.split!r} has "
+                    f"{len(rows)} rows but the suite asks for size={spec.size}"
+                )
+            rows = rows[: spec.size]
+        if not rows:
+            raise ConfigError(f"suite {suite.name!r}: env {spec.key!r} has no rows to evaluate")
+        env.validate_rows(rows, f"env {spec.key!r} split {spec.split!r}")
+        for i, row in enumerate(rows):
+            problems.append(Problem(spec.key, i, problem_id_of(row, i), row, env.prompt(row)))
+    return problems
+
+
+def open_envs(suite: SuiteConfig) -> dict[str, Environment]:
+    return {spec.key: make_env(spec.name, **spec.options) for spec in suite.envs}
+
+
+# ---- models and engines ---------------------------------------------------------------------
+
+
+def load_model(path: str | Path) -> tuple[Any, Any]:
+    """(model, tokenizer) from a HF directory or id; a PEFT adapter directory is merged in."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    try:
+        if (p / "adapter_config.json").is_file():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(str(p)).merge_and_unload()
+            base = json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"]
+            tok_src = str(p) if (p / "tokenizer_config.json").is_file() else base
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(p))
+            tok_src = str(p)
+        tok = AutoTokenizer.from_pretrained(tok_src)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model {str(path)!r} could not be loaded: {e}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def open_engine(backend: str, model_path: str | Path, suite: SuiteConfig) -> tuple[Any, Any]:
+    """(engine, tokenizer) for one model; the engine implements verirl.rollout.base."""
+    if backend == "vllm":
+        try:
+            from verirl.rollout import make_engine  # type: ignore[attr-defined]
+        except ImportError:
+            raise UserError("the vllm backend is not available in this install") from None
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(model_path))
+        return make_engine("vllm", model=str(model_path)), tok
+    from verirl.rollout.hf import HFRolloutEngine
+
+    model, tok = load_model(model_path)
+    return HFRolloutEngine(model, tok, batch_size=suite.batch_size), tok
+
+
+def render_prompt(prompt: Prompt, tokenizer: Any, mode: str) -> str:
+    """Prompt text for the engine: chat messages go through the tokenizer's chat template when
+    it has one (mode ``auto``/``always``); without one their contents are joined by blank lines,
+    which is what a base model without a template would see in a plain-text prompt."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "always" and not has_template:
+        raise ConfigError("chat_template: always, but the tokenizer has no chat template")
+    use_template = has_template and mode != "never"
+    if isinstance(prompt, str):
+        if mode == "always":
+            prompt = [{"role": "user", "content": prompt}]
+        else:
+            return prompt
+    if use_template:
+        return str(
+            tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        )
+    return "\n\n".join(m["content"] for m in prompt)
+
+
+# ---- the cache --------------------------------------------------------------------------------
+
+
+def cache_path(out_dir: Path, model_name: str, fingerprint: str, suite: SuiteConfig) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name)[:40]
+    return (
+        out_dir
+        / "cache"
+        / f"{safe}-{fingerprint[:12]}-{suite.name}-{suite.sampling_hash()[:12]}-seed{suite.seed}.jsonl"
+    )
+
+
+def read_cache(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Records by (env, problem_id). A torn last line (killed mid-write) is dropped; a bad line
+    anywhere else is a DataError naming it."""
+    if not path.is_file():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if lineno == len(lines):
+                break
+            raise DataError(f"{path}:{lineno}: corrupt cache line; delete the file") from None
+        if rec.get("version") != CACHE_VERSION:
+            continue
+        out[(rec["env"], rec["problem_id"])] = rec
+    return out
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _repair_torn_tail(path: Path) -> None:
+    """Cut a partial last line so that appends start on a fresh line."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+# ---- sampling --------------------------------------------------------------------------------
+
+
+def sample_model(
+    name: str,
+    model_path: str | Path,
+    suite: SuiteConfig,
+    problems: Sequence[Problem],
+    envs: Mapping[str, Environment],
+    out_dir: Path,
+    backend: str,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Per-problem records for one model, sampling only what its cache lacks."""
+    from verirl.rollout.base import SamplingParams
+
+    fp = model_fingerprint(model_path)
+    path = cache_path(out_dir, name, fp, suite)
+    cached = read_cache(path)
+    todo: list[Problem] = []
+    for p in problems:
+        rec = cached.get((p.env_key, p.problem_id))
+        if rec is None or rec.get("prompt_raw") != _prompt_key(p.prompt):
+            todo.append(p)
+    if todo:
+        _repair_torn_tail(path)
+        engine, tok = open_engine(backend, model_path, suite)
+        s = suite.sampling
+        try:
+            title = f"{name}: sampling {len(todo)} problems x {suite.n}"
+            with _progress(progress, title, len(todo)) as bar:
+                for p in todo:
+                    seed = derive_seed(suite.seed, p.env_key, p.index)
+                    params = SamplingParams(
+                        max_new_tokens=s.max_tokens,
+                        temperature=s.temperature,
+                        top_p=s.top_p,
+                        top_k=s.top_k,
+                        stop=tuple(s.stop),
+                        seed=seed,
+                    )
+                    text = render_prompt(p.prompt, tok, suite.chat_template)
+                    comps = engine.generate([text], suite.n, params)[0]
+                    texts = [c.text for c in comps]
+                    results = envs[p.env_key].score_batch(texts, [p.row] * len(texts))
+                    rec = {
+                        "version": CACHE_VERSION,
+                        "env": p.env_key,
+                        "problem_id": p.problem_id,
+                        "index": p.index,
+                        "seed": seed,
+                        "prompt_raw": _prompt_key(p.prompt),
+                        "samples": [
+                            {
+                                "text": c.text,
+                                "status": r.status,
+                                "reward": r.reward,
+                                "detail": r.detail[:200],
+                                "finish_reason": c.finish_reason,
+                                "num_tokens": len(c.token_ids),
+                            }
+                            for c, r in zip(comps, results, strict=True)
+                        ],
+                    }
+                    _append(path, rec)
+                    cached[(p.env_key, p.problem_id)] = rec
+                    bar()
+        finally:
+            engine.close()
+    records = []
+    for p in problems:
+        rec = cached[(p.env_key, p.problem_id)]
+        records.append(
+            problem_record(name, p.env_key, p.problem_id, [s["status"] for s in rec["samples"]])
+        )
+    return records
+
+
+def _prompt_key(prompt: Prompt) -> str:
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+
+
+class _progress:
+    """A rich progress bar (or nothing) whose handle is called once per finished problem."""
+
+    def __init__(self, enabled: bool, title: str, total: int) -> None:
+        self.enabled, self.title, self.total = enabled, title, total
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import Progress
+
+        self.bar = Progress(transient=False)
+        self.bar.start()
+        task = self.bar.add_task(self.title, total=self.total)
+        return lambda: self.bar.update(task, advance=1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+def evaluate_models(
+    suite: SuiteConfig,
+    models: Mapping[str, str | Path],
+    out_dir: str | Path,
+    backend: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``suite`` for each named model and write results.jsonl, summary.json, passk.png and
+    report.md under ``out_dir``; returns the summary (see ``verirl.evals.report``)."""
+    if not models:
+        raise UserError("evaluate: give at least one model (--model PATH)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "suite.yaml").write_text(dump_config(suite), encoding="utf-8")
+    envs = open_envs(suite)
+    try:
+        problems = load_problems(suite, envs)
+        records: list[dict[str, Any]] = []
+        for name, path in models.items():
+            records += sample_model(
+                name, path, suite, problems, envs, out, backend or suite.backend, progress
+            )
+    finally:
+        for env in envs.values():
+            env.close()
+    meta = {
+        "suite": suite.name,
+        "description": suite.description,
+        "sampling_hash": suite.sampling_hash(),
+        "seed": suite.seed,
+        "n": suite.n,
+        "sampling": suite.sampling.model_dump(),
+        "models": {k: str(v) for k, v in models.items()},
+        "status_counts": _status_counts(records),
+    }
+    return write_outputs(records, suite.ks, suite.bootstrap, out, meta)
+
+
+def _status_counts(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    by_model: dict[str, Counter[str]] = {}
+    for r in records:
+        by_model.setdefault(r["model"], Counter()).update(r["statuses"])
+    return {m: dict(sorted(c.items())) for m, c in by_model.items()}
