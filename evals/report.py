@@ -205,6 +205,22 @@ def write_outputs(
     return summary
 
 
+def write_report(
+    records: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    ks: Sequence[int] = (1, 2, 4, 8, 16),
+    confidence: float = 0.95,
+    bootstrap_samples: int = 1000,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The four outputs from per-problem records (``problem_record(model, env, id, statuses)``
+    for each model and problem), for callers that sample and score on their own."""
+    from verirl.evals.suite import BootstrapSpec
+
+    boot = BootstrapSpec(samples=bootstrap_samples, confidence=confidence)
+    return write_outputs(records, ks, boot, out_dir, meta or {})
+
+
 def _fmt(entry: dict[str, Any], key: str) -> str:
     if key not in entry:
         return "–"

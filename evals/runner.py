@@ -280,7 +280,7 @@ def sample_model(
                     )
                     text = render_prompt(p.prompt, tok, suite.chat_template)
                     comps = engine.generate([text], suite.n, params)[0]
-                    texts = [c.text for c in comps]
+                    texts = [_strip_stop(c.text, s.stop) if s.strip_stop else c.text for c in comps]
                     results = envs[p.env_key].score_batch(texts, [p.row] * len(texts))
                     rec = {
                         "version": CACHE_VERSION,
@@ -313,6 +313,18 @@ def sample_model(
             problem_record(name, p.env_key, p.problem_id, [s["status"] for s in rec["samples"]])
         )
     return records
+
+
+def _strip_stop(text: str, stops: Sequence[str]) -> str:
+    r"""``text`` without a trailing stop string.
+
+    >>> _strip_stop("    return 1\ndef ", ["\ndef ", "\nclass "])
+    '    return 1'
+    """
+    for s in stops:
+        if s and text.endswith(s):
+            return text[: -len(s)]
+    return text
 
 
 def _prompt_key(prompt: Prompt) -> str:

@@ -54,7 +54,10 @@ class SamplingSpec(StrictModel):
     max_tokens: int = Field(default=256, ge=1)
     """Most new tokens per completion."""
     stop: list[str] = Field(default_factory=list)
-    """Stop strings (kept in the completion)."""
+    """Stop strings: generation ends at the first one."""
+    strip_stop: bool = False
+    """Cut a trailing stop string before scoring (code: a dangling ``def`` is a syntax
+    error; answer tags such as ``</answer>`` want it kept). Engines differ on keeping it."""
 
 
 class BootstrapSpec(StrictModel):
