@@ -31,6 +31,7 @@ from verirl.evals.suite import SuiteConfig
 
 from verirl.config import dump_config
 from verirl.errors import ConfigError, DataError, UserError
+from verirl.jsonl import atomic_writer
 
 CACHE_VERSION = 1
 
@@ -364,8 +365,6 @@ def evaluate_models(
     if not models:
         raise UserError("evaluate: give at least one model (--model PATH)")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "suite.yaml").write_text(dump_config(suite), encoding="utf-8")
     envs = open_envs(suite)
     try:
         problems = load_problems(suite, envs)
@@ -387,7 +386,10 @@ def evaluate_models(
         "models": {k: str(v) for k, v in models.items()},
         "status_counts": _status_counts(records),
     }
-    return write_outputs(records, suite.ks, suite.bootstrap, out, meta)
+    summary = write_outputs(records, suite.ks, suite.bootstrap, out, meta)
+    with atomic_writer(out / "suite.yaml") as f:  # the resolved suite, overrides applied
+        f.write(dump_config(suite))
+    return summary
 
 
 def _status_counts(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:

@@ -160,7 +160,7 @@ def test_bad_suite_exits_2_naming_the_key(extra, needle, tiny_model_dir, tmp_pat
     rc = main(["eval", str(SUITE), *extra, "--model", str(tiny_model_dir), "--out", str(tmp_path)])
     assert rc == 2
     assert needle in capsys.readouterr().err
-    assert not (tmp_path / "summary.json").exists()
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "suite.yaml").exists()
 
 
 def test_cli_usage_errors_exit_2(tiny_model_dir, tmp_path, capsys):
