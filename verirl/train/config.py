@@ -1,0 +1,201 @@
+"""Configs of ``verirl sft`` and ``verirl train``: one StrictModel per command, every field
+documented where it is declared; cross-field rules are checked here with messages naming keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from verirl.config import StrictModel
+
+
+class LoraSection(StrictModel):
+    enabled: bool = Field(
+        default=False, description="train LoRA adapters (peft) instead of all weights"
+    )
+    r: int = Field(default=8, ge=1, description="LoRA rank")
+    alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="module names that receive adapters",
+    )
+
+
+class ModelSection(StrictModel):
+    path: str = Field(description="local HF model directory or hub id")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32", description="weight dtype; bfloat16 also turns on autocast"
+    )
+    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA adapters")
+    chat_template: Literal["auto", "never"] = Field(
+        default="auto",
+        description="auto: apply the tokenizer's chat template to chat-message prompts",
+    )
+
+
+class EnvSection(StrictModel):
+    name: str = Field(description="registered environment (see `verirl envs list`)")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to make_env")
+    split: str = Field(default="train", description="dataset split to train on")
+
+
+class RolloutSection(StrictModel):
+    backend: Literal["hf", "vllm"] = Field(default="hf", description="rollout engine")
+    max_new_tokens: int = Field(default=32, ge=1, description="completion length cap")
+    temperature: float = Field(default=1.0, ge=0.0, description="sampling temperature")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="nucleus sampling (1: off)")
+    top_k: int = Field(default=0, ge=0, description="top-k sampling (0: off)")
+    stop: list[str] = Field(default_factory=list, description="stop strings")
+    batch_size: int | None = Field(
+        default=None, ge=1, description="max sequences per generate call"
+    )
+    score_workers: int = Field(default=4, ge=1, description="threads scoring completions")
+
+
+class AlgoSection(StrictModel):
+    name: Literal["grpo", "ppo"] = Field(default="grpo", description="policy-gradient algorithm")
+    prompts_per_step: int = Field(
+        default=8, ge=1, description="distinct prompts per generation batch"
+    )
+    group_size: int = Field(default=8, ge=1, description="completions per prompt (GRPO: G >= 2)")
+    epochs: int = Field(
+        default=1, ge=1, description="optimisation epochs over each generation batch"
+    )
+    clip_low: float = Field(
+        default=0.2, ge=0.0, description="PPO/GRPO ε_low: ratio floor 1 - ε_low"
+    )
+    clip_high: float = Field(default=0.2, ge=0.0, description="ε_high (DAPO clip-higher: 0.28)")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
+        default="token-mean",
+        description="how per-token losses become one number (Dr. GRPO: sum-norm)",
+    )
+    scale_rewards: bool = Field(
+        default=True, description="GRPO: divide by group std (Dr. GRPO: false)"
+    )
+    filter_zero_variance: bool = Field(
+        default=False, description="DAPO: drop groups whose rewards are all equal before the update"
+    )
+    beta: float = Field(default=0.0, ge=0.0, description="KL coefficient β (0: no reference model)")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        default="k3", description="per-token KL estimator"
+    )
+    kl_in: Literal["loss", "reward"] = Field(
+        default="loss", description="PPO: KL in the loss or reward"
+    )
+    reference: Literal["frozen", "lora_disabled", "ema"] = Field(
+        default="frozen", description="π_ref: frozen copy, base with LoRA off, or EMA of the policy"
+    )
+    ema_decay: float = Field(default=0.99, gt=0.0, lt=1.0, description="EMA reference decay")
+    gamma: float = Field(default=1.0, ge=0.0, le=1.0, description="PPO discount γ")
+    lam: float = Field(default=0.95, ge=0.0, le=1.0, description="PPO GAE λ")
+    vf_coef: float = Field(default=0.5, ge=0.0, description="PPO value-loss weight")
+    value_clip: float = Field(default=0.2, ge=0.0, description="PPO value clipping range")
+    value_lr: float = Field(default=1e-3, gt=0.0, description="PPO value-head learning rate")
+
+    @model_validator(mode="after")
+    def _check(self) -> AlgoSection:
+        if self.name == "grpo" and self.group_size < 2:
+            raise ValueError(f"algo.group_size must be >= 2 for GRPO, got {self.group_size}")
+        if self.reference == "lora_disabled" and self.beta == 0:
+            pass  # harmless: no reference is built when β = 0
+        return self
+
+
+class TrainSection(StrictModel):
+    steps: int = Field(default=10, ge=1, description="generation batches (each: `epochs` updates)")
+    lr: float = Field(default=1e-5, gt=0.0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay")
+    warmup_steps: int = Field(default=0, ge=0, description="linear warm-up optimizer steps")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        default="constant", description="lr decay"
+    )
+    micro_batch_size: int | None = Field(
+        default=None, ge=1, description="sequences per forward (gradient accumulation); None: all"
+    )
+    max_grad_norm: float = Field(default=1.0, gt=0.0, description="gradient clipping norm")
+    seed: int = Field(default=0, description="seeds data order, init and sampling")
+    save_every: int = Field(
+        default=0, ge=0, description="checkpoint every N steps (0: only at the end)"
+    )
+    device: str = Field(default="cpu", description="torch device")
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads (None: default)")
+
+
+class LogSection(StrictModel):
+    tensorboard: bool = Field(default=True, description="write TensorBoard events")
+    progress: bool = Field(default=True, description="rich progress bar")
+    samples_every: int = Field(default=1, ge=0, description="log sample completions every N steps")
+    num_samples: int = Field(default=4, ge=0, description="completions written per sample dump")
+
+
+class TrainConfig(StrictModel):
+    """``verirl train``: RL from verifiable rewards."""
+
+    name: str = Field(default="train", description="run name: the run dir is <run_dir>/<name>")
+    run_dir: str = Field(default="runs", description="parent folder of run directories")
+    model: ModelSection
+    env: EnvSection
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
+    algo: AlgoSection = Field(default_factory=AlgoSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    log: LogSection = Field(default_factory=LogSection)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        mb = self.train.micro_batch_size
+        batch = self.algo.prompts_per_step * self.algo.group_size
+        if mb is not None and batch % mb:
+            raise ValueError(
+                f"train.micro_batch_size={mb} must divide the batch algo.prompts_per_step x "
+                f"algo.group_size = {batch}"
+            )
+        if (
+            self.algo.reference == "lora_disabled"
+            and self.algo.beta > 0
+            and not (self.model.lora.enabled)
+        ):
+            raise ValueError("algo.reference 'lora_disabled' needs model.lora.enabled: true")
+        return self
+
+
+class SftData(StrictModel):
+    path: str | None = Field(
+        default=None, description="JSONL with prompt/completion columns; None: the env's rows"
+    )
+    prompt_field: str = Field(default="prompt", description="JSONL column holding the prompt")
+    completion_field: str = Field(
+        default="completion", description="JSONL column holding the target"
+    )
+    target_field: str = Field(
+        default="answer", description="env rows: the field used as the target"
+    )
+
+
+class SftTrain(StrictModel):
+    steps: int = Field(default=100, ge=1, description="optimizer steps")
+    batch_size: int = Field(default=32, ge=1, description="sequences per step")
+    lr: float = Field(default=1e-3, gt=0.0, description="peak learning rate")
+    weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay")
+    warmup_steps: int = Field(default=0, ge=0, description="linear warm-up steps")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        default="cosine", description="lr decay"
+    )
+    max_grad_norm: float = Field(default=1.0, gt=0.0, description="gradient clipping norm")
+    seed: int = Field(default=0, description="data order and init")
+    device: str = Field(default="cpu", description="torch device")
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
+
+
+class SftConfig(StrictModel):
+    """``verirl sft``: supervised warm start with the prompt masked out of the loss."""
+
+    name: str = Field(default="sft", description="run name: the run dir is <run_dir>/<name>")
+    run_dir: str = Field(default="runs", description="parent folder of run directories")
+    model: ModelSection
+    env: EnvSection
+    data: SftData = Field(default_factory=SftData)
+    train: SftTrain = Field(default_factory=SftTrain)
+    log: LogSection = Field(default_factory=LogSection)

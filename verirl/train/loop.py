@@ -1,0 +1,276 @@
+"""``verirl train``: the RL loop. generate → score → advantages → loss → step → sync → log →
+checkpoint, in one function that reads top to bottom (``train``); its steps live in
+``update.py``, building the pieces in ``prepare``.
+
+Everything that can be wrong with the input (config, model path, environment, dataset columns)
+is checked in ``prepare`` before the run directory is created, so bad input leaves nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from verirl.config import write_resolved_config
+from verirl.envs.base import Environment
+from verirl.envs.registry import make_env
+from verirl.errors import ConfigError, UserError
+from verirl.rollout import RolloutEngine, SamplingParams, make_engine
+from verirl.train import checkpoint as ckpt
+from verirl.train.config import TrainConfig
+from verirl.train.metrics import MetricsLogger, plot_curves
+from verirl.train.model import Reference, ValueHead, load_policy, render_prompt
+from verirl.train.update import (
+    Rollout,
+    batch_rows,
+    grpo_advantage,
+    policy_update,
+    ppo_advantage,
+    reward_stats,
+    score_async,
+    sequence_logprobs,
+    to_batch,
+)
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    run_dir: Path
+    model: Any
+    tok: Any
+    env: Environment
+    rows: Any
+    engine: RolloutEngine
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    ref: Reference | None
+    value_head: ValueHead | None
+    start_step: int = 0
+
+
+def lr_lambda(schedule: str, warmup: int, total: int) -> Any:
+    """Multiplier of the peak lr at optimizer step s: linear warm-up, then constant/linear/cos."""
+
+    def f(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        frac = (s - warmup) / max(1, total - warmup)
+        if schedule == "linear":
+            return max(0.0, 1.0 - frac)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+        return 1.0
+
+    return f
+
+
+def load_env(cfg: Any) -> tuple[Environment, Any]:
+    """The environment and its split's rows, with every row checked for the env's fields."""
+    env = make_env(cfg.env.name, **cfg.env.options)
+    try:
+        rows = env.rows(cfg.env.split)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"env.split: {e}") from None
+    if not rows:
+        raise ConfigError(f"env {cfg.env.name!r} split {cfg.env.split!r} has no rows")
+    env.validate_rows(rows, f"env {cfg.env.name!r} split {cfg.env.split!r}")
+    return env, rows
+
+
+def make_run_dir(cfg: Any, resume: bool) -> Path:
+    run_dir = Path(cfg.run_dir) / cfg.name
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"run dir {run_dir} exists; pick another `name` or use --resume")
+    return run_dir
+
+
+def prepare(cfg: TrainConfig, resume_dir: Path | None = None) -> Run:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    run_dir = resume_dir or make_run_dir(cfg, resume=False)
+    env, rows = load_env(cfg)
+    ckpt.seed_everything(cfg.train.seed)
+    model, tok = load_policy(cfg.model, cfg.train.device)
+    value_head = None
+    if cfg.algo.name == "ppo":
+        value_head = ValueHead(model.config.hidden_size).to(cfg.train.device)
+    ref = None
+    if cfg.algo.beta > 0:
+        ref = Reference(cfg.algo.reference, model, cfg.algo.ema_decay)
+    params: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if value_head is not None:
+        params.append({"params": list(value_head.parameters()), "lr": cfg.algo.value_lr})
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    total = cfg.train.steps * cfg.algo.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, [lr_lambda(cfg.train.schedule, cfg.train.warmup_steps, total)] * len(params)
+    )
+    engine = make_engine(
+        cfg.rollout.backend,
+        model=model,
+        tokenizer=tok,
+        model_path=cfg.model.path,
+        **({"batch_size": cfg.rollout.batch_size} if cfg.rollout.backend == "hf" else {}),
+    )
+    run = Run(cfg, run_dir, model, tok, env, rows, engine, opt, sched, ref, value_head)
+    if resume_dir is not None:
+        restore(run)
+    return run
+
+
+def restore(run: Run) -> None:
+    last = ckpt.latest_checkpoint(run.run_dir)
+    if last is None:
+        raise UserError(f"{run.run_dir}: no checkpoint to resume from")
+    state = ckpt.load_trainer_state(last)
+    ckpt.load_weights_into(run.model, last)
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    if run.value_head is not None:
+        run.value_head.load_state_dict(state["value_head"])
+    if run.ref is not None:
+        run.ref.load_state_dict(state.get("ref"))
+    run.engine.update_weights(run.model)
+    ckpt.set_rng_state(state["rng"])
+    run.start_step = int(state["step"])
+
+
+def save(run: Run, step: int) -> None:
+    state = {
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict(),
+        "value_head": run.value_head.state_dict() if run.value_head is not None else None,
+        "ref": run.ref.state_dict() if run.ref is not None else None,
+    }
+    ckpt.save_checkpoint(run.run_dir, step, run.model, run.tok, state)
+
+
+def train(cfg: TrainConfig, resume_dir: Path | None = None) -> Path:
+    """Run the RL loop; returns the run directory."""
+    run = prepare(cfg, resume_dir)  # raises on bad input before anything is written
+    a, r, t = cfg.algo, cfg.rollout, cfg.train
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    write_resolved_config(cfg, run.run_dir)
+    log = MetricsLogger(run.run_dir, cfg.log.tensorboard, keep_upto=run.start_step)
+    sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, tuple(r.stop))
+    batch_size = a.prompts_per_step * a.group_size
+    micro = t.micro_batch_size or batch_size
+    pad = run.tok.pad_token_id
+    autocast = torch.autocast("cpu" if t.device == "cpu" else "cuda", torch.bfloat16,
+                              enabled=cfg.model.dtype == "bfloat16")  # fmt: skip
+    pool = ThreadPoolExecutor(max_workers=1)
+    progress = _progress(cfg.log.progress, t.steps, run.start_step)
+    try:
+        for step in range(run.start_step, t.steps):
+            t0 = time.perf_counter()
+            # 1. generate: G completions for each of P prompts, from the current policy
+            rows = batch_rows(run.rows, step, a.prompts_per_step, t.seed)
+            prompts = [render_prompt(run.env.prompt(x), run.tok, cfg.model.chat_template)
+                       for x in rows]  # fmt: skip
+            groups = run.engine.generate(prompts, a.group_size, sampling)
+            t_gen = time.perf_counter() - t0
+            # 2. score in the background while old/ref logprobs and values are computed
+            scoring = score_async(pool, run.env, groups, rows, r.score_workers)
+            batch = to_batch(groups, pad, t.device)
+            old_logp = old_values = ref_logp = None
+            with autocast:
+                if a.epochs > 1 or run.value_head is not None:
+                    old_logp, old_values = sequence_logprobs(run.model, batch, micro,
+                                                             run.value_head)  # fmt: skip
+                if run.ref is not None:
+                    ref_model, ctx = run.ref.context(run.model)
+                    with ctx:
+                        ref_logp, _ = sequence_logprobs(ref_model, batch, micro)
+            scored = reward_stats(scoring.result(), (len(rows), a.group_size))
+            ro = Rollout(batch, scored["rewards"], scored["valid"], old_logp, ref_logp,
+                         old_values, stats=scored["stats"])  # fmt: skip
+            # 3. advantages
+            (grpo_advantage if a.name == "grpo" else ppo_advantage)(ro, a)
+            # 4-5. loss and optimizer step, `epochs` times over the batch
+            upd: dict[str, float] = {}
+            grad_norm = 0.0
+            if ro.batch.mask.sum() > 0:  # all groups filtered or failed: nothing to learn
+                for _ in range(a.epochs):
+                    run.opt.zero_grad(set_to_none=True)
+                    with autocast:
+                        upd = policy_update(run.model, ro, a, micro, r.max_new_tokens,
+                                            run.value_head)  # fmt: skip
+                    params = [p for g in run.opt.param_groups for p in g["params"]]
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm))
+                    run.opt.step()
+                    run.sched.step()
+                    if run.ref is not None:
+                        run.ref.after_step(run.model)
+            # 6. sync the rollout engine with the new weights
+            sync_s = run.engine.update_weights(run.model)
+            # 7. log
+            seconds = time.perf_counter() - t0
+            n_gen = sum(len(c.token_ids) for g in groups for c in g)
+            row = {"step": step + 1, **ro.stats, **upd, "grad_norm": grad_norm,
+                   "lr": run.sched.get_last_lr()[0], "response_length": n_gen / batch_size,
+                   "step_seconds": seconds, "gen_seconds": t_gen, "sync_seconds": sync_s,
+                   "tokens_per_s": n_gen / seconds}  # fmt: skip
+            log.log(row)
+            if cfg.log.samples_every and (step + 1) % cfg.log.samples_every == 0:
+                log.samples(step + 1, _samples(groups, rows, prompts, scoring.result(), cfg))
+            progress.advance(row)
+            # 8. checkpoint
+            if (t.save_every and (step + 1) % t.save_every == 0) or step + 1 == t.steps:
+                save(run, step + 1)
+    finally:
+        progress.close()
+        pool.shutdown()
+        log.close()
+        run.engine.close()
+    final = run.run_dir / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    run.model.save_pretrained(str(final))
+    run.tok.save_pretrained(str(final))
+    plot_curves(run.run_dir, ("reward_mean", "pass_rate", "entropy"))
+    return run.run_dir
+
+
+def _samples(groups: Any, rows: Any, prompts: list[str], results: Any, cfg: TrainConfig) -> Any:
+    out = []
+    flat = [(p, c) for p, g in zip(prompts, groups, strict=True) for c in g]
+    for (prompt, c), res in list(zip(flat, results, strict=True))[: cfg.log.num_samples]:
+        out.append({"prompt": prompt, "completion": c.text, "reward": res.reward,
+                    "status": res.status, "detail": res.detail})  # fmt: skip
+    return out
+
+
+class _progress:
+    """A rich progress bar showing the latest reward (or nothing when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self.bar: Any = None
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), TextColumn("{task.description}"))  # fmt: skip
+            self.bar.start()
+            self.task = self.bar.add_task("", total=total, completed=done)
+
+    def advance(self, row: dict[str, Any]) -> None:
+        if self.bar is not None:
+            desc = f"reward {row['reward_mean']:.3f}  {row['step_seconds']:.2f}s/step"
+            self.bar.update(self.task, advance=1, description=desc)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,160 @@
+"""Loading the policy: model and tokenizer, LoRA adapters, the reference model, the value head,
+and turning prompts + completions into padded training tensors."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from verirl.errors import ConfigError
+from verirl.train.config import ModelSection
+
+
+def load_policy(cfg: ModelSection, device: str = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer) from a local directory or hub id; LoRA-wrapped when configured.
+
+    A path that looks local (exists, or starts with ``.``/``/``/``~``) but is not a directory is
+    a ConfigError naming ``model.path``; so is any load failure.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per run is ours; HF's shard bars are noise
+    model: Any
+
+    path = cfg.path
+    looks_local = path.startswith((".", "/", "~")) or Path(path).exists()
+    if looks_local and not Path(path).expanduser().is_dir():
+        raise ConfigError(f"model.path: {path!r} is not a model directory")
+    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+    try:
+        tok = AutoTokenizer.from_pretrained(str(Path(path).expanduser()) if looks_local else path)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(Path(path).expanduser()) if looks_local else path, dtype=dtype
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.path: cannot load {path!r}: {e}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.to(device)
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=list(cfg.lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        try:
+            model = get_peft_model(model, lora)
+        except ValueError as e:
+            raise ConfigError(f"model.lora.target_modules: {e}") from None
+    return model, tok
+
+
+def render_prompt(prompt: str | list[dict[str, str]], tok: Any, chat_template: str) -> str:
+    """Text the engine continues: chat messages go through the tokenizer's chat template when
+    it has one; without a template, message contents are joined by newlines."""
+    if isinstance(prompt, str):
+        return prompt
+    if chat_template == "auto" and getattr(tok, "chat_template", None):
+        return str(tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True))
+    return "\n".join(m["content"] for m in prompt)
+
+
+class Reference:
+    """π_ref for the KL term: a frozen copy, the base with LoRA disabled, or an EMA of π_θ."""
+
+    def __init__(self, kind: str, policy: Any, ema_decay: float = 0.99) -> None:
+        self.kind, self.decay = kind, ema_decay
+        self.model: Any = None
+        if kind in ("frozen", "ema"):
+            self.model = copy.deepcopy(policy).eval()
+            self.model.requires_grad_(False)
+
+    def context(self, policy: Any) -> tuple[Any, AbstractContextManager[Any]]:
+        """(module to run, context to run it in)."""
+        if self.kind == "lora_disabled":
+            return policy, policy.disable_adapter()
+        return self.model, nullcontext()
+
+    def after_step(self, policy: Any) -> None:
+        if self.kind == "ema":
+            from verirl.train.objectives import ema_update
+
+            ema_update(self.model, policy, self.decay)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.model.state_dict() if self.kind == "ema" else None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if self.kind == "ema" and state is not None:
+            self.model.load_state_dict(state)
+
+
+class ValueHead(nn.Module):
+    """PPO critic: a linear head on the policy's last hidden states, V(s_t) = w·h_t + b."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [B, T, H] -> [B, T]
+        return self.linear(hidden.float()).squeeze(-1)
+
+
+@dataclass
+class Batch:
+    """Right-padded prompt+completion sequences. Index t of `targets`/`mask` is token t+1."""
+
+    input_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor  # [B, L]
+    targets: torch.Tensor  # [B, L-1] = input_ids[:, 1:]
+    mask: torch.Tensor  # [B, L-1], 1 where the target is a completion token
+
+    def slice(self, s: slice) -> Batch:
+        # Trim trailing all-pad columns so a micro-batch of short sequences computes no waste.
+        width = int(self.attention_mask[s].sum(-1).max().item())
+        return Batch(
+            self.input_ids[s, :width],
+            self.attention_mask[s, :width],
+            self.targets[s, : width - 1],
+            self.mask[s, : width - 1],
+        )
+
+
+def pack(prompts: list[list[int]], completions: list[list[int]], pad: int, device: str) -> Batch:
+    """Concatenate each prompt with its completion and right-pad to the longest."""
+    seqs = [p + c for p, c in zip(prompts, completions, strict=True)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    resp = torch.zeros((len(seqs), width), dtype=torch.float32)
+    for i, (p, s) in enumerate(zip(prompts, seqs, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+        resp[i, len(p) : len(s)] = 1
+    ids, att = ids.to(device), att.to(device)
+    return Batch(ids, att, ids[:, 1:], resp[:, 1:].to(device))
+
+
+def forward_logits(model: Any, batch: Batch, hidden: bool = False) -> tuple[torch.Tensor, Any]:
+    """Logits at the positions that predict `batch.targets` [B, L-1, V] (and last hidden)."""
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        output_hidden_states=hidden,
+        use_cache=False,
+    )
+    h = out.hidden_states[-1][:, :-1] if hidden else None
+    return out.logits[:, :-1], h

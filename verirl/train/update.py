@@ -1,0 +1,198 @@
+"""The steps the RL loop calls by name: pick rows, roll out, score, advantages, update.
+
+Each function does one thing on plain tensors/lists so the loop in ``loop.py`` reads top to
+bottom, and so data sharding (``batch_rows``) can later take a rank without touching the rest.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from verirl.envs.base import Environment, Row
+from verirl.rewards.result import RewardResult
+from verirl.rollout.base import Completion
+from verirl.train.config import AlgoSection
+from verirl.train.model import Batch, ValueHead, forward_logits, pack
+from verirl.train.objectives import (
+    aggregate_loss,
+    clipped_policy_loss,
+    entropy_from_logits,
+    gae_advantages,
+    group_has_signal,
+    grpo_advantages,
+    kl_penalty,
+    last_token_rewards,
+    masked_whiten,
+    token_logprobs,
+    value_loss,
+)
+
+
+def batch_rows(rows: Any, step: int, n: int, seed: int) -> list[Row]:
+    """Rows of generation batch `step`: consecutive slices of a per-epoch shuffle, a pure
+    function of (seed, step) so a resumed run sees exactly the data the killed one would."""
+    out = []
+    for k in range(step * n, step * n + n):
+        epoch, pos = divmod(k, len(rows))
+        order = list(range(len(rows)))
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+        out.append(rows[order[pos]])
+    return out
+
+
+def score_async(
+    pool: ThreadPoolExecutor,
+    env: Environment,
+    groups: list[list[Completion]],
+    rows: list[Row],
+    workers: int,
+) -> Future[list[RewardResult]]:
+    """Score every completion in a background thread; the loop computes logprobs meanwhile."""
+    texts = [c.text for g in groups for c in g]
+    flat_rows = [r for g, r in zip(groups, rows, strict=True) for _ in g]
+    return pool.submit(env.score_batch, texts, flat_rows, workers)
+
+
+@dataclass
+class Rollout:
+    """One generation batch as tensors: B = prompts x group sequences."""
+
+    batch: Batch
+    rewards: torch.Tensor  # [P, G]
+    valid: torch.Tensor  # [P, G] 0 for infra errors (masked out of the loss, counted)
+    old_logp: torch.Tensor | None = None  # [B, T] log π_old; None: reuse logp.detach()
+    ref_logp: torch.Tensor | None = None  # [B, T]
+    old_values: torch.Tensor | None = None  # [B, T] PPO critic at sampling time
+    adv: torch.Tensor | None = None  # [B, T]
+    returns: torch.Tensor | None = None  # [B, T] PPO
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def to_batch(groups: list[list[Completion]], pad: int, device: str) -> Batch:
+    flat = [c for g in groups for c in g]
+    return pack([c.prompt_token_ids for c in flat], [c.token_ids for c in flat], pad, device)
+
+
+def reward_stats(results: list[RewardResult], shape: tuple[int, int]) -> dict[str, Any]:
+    """Rewards/valid tensors [P, G] and the reward metrics of the batch."""
+    rewards = torch.tensor([r.reward for r in results], dtype=torch.float32).view(shape)
+    valid = torch.tensor([r.counts_for_training for r in results], dtype=torch.float32)
+    ok = [r for r in results if r.counts_for_training]
+    stats: dict[str, Any] = {
+        "reward_mean": sum(r.reward for r in ok) / max(len(ok), 1),
+        "pass_rate": sum(r.ok for r in ok) / max(len(ok), 1),
+        "infra_errors": len(results) - len(ok),
+    }
+    comps: Counter[str] = Counter()
+    for r in ok:
+        comps.update(r.components)
+    for k, v in comps.items():
+        stats[f"reward/{k}"] = v / max(len(ok), 1)
+    for status, count in Counter(r.status for r in results).items():
+        stats[f"status/{status}"] = count
+    return {"rewards": rewards, "valid": valid.view(shape), "stats": stats}
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model: Any, batch: Batch, micro: int, value_head: ValueHead | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(target) for every position [B, T] (and V [B, T] with a value head), no grad."""
+    logps, values = [], []
+    width = batch.targets.shape[1]
+    for s in range(0, batch.targets.shape[0], micro):
+        mb = batch.slice(slice(s, s + micro))
+        logits, h = forward_logits(model, mb, hidden=value_head is not None)
+        lp = token_logprobs(logits, mb.targets)
+        logps.append(torch.nn.functional.pad(lp, (0, width - lp.shape[1])))
+        if value_head is not None:
+            v = value_head(h)
+            values.append(torch.nn.functional.pad(v, (0, width - v.shape[1])))
+    return torch.cat(logps), (torch.cat(values) if values else None)
+
+
+def grpo_advantage(ro: Rollout, algo: AlgoSection) -> None:
+    """Sequence advantages spread over tokens; optional DAPO zero-variance filtering."""
+    adv = grpo_advantages(ro.rewards, ro.valid, scale=algo.scale_rewards)  # [P, G]
+    keep = ro.valid.clone()
+    if algo.filter_zero_variance:
+        keep = keep * group_has_signal(ro.rewards, ro.valid).float().unsqueeze(-1)
+    ro.stats["groups_kept"] = float((keep.sum(-1) > 0).sum())
+    ro.batch.mask = ro.batch.mask * keep.view(-1, 1)
+    ro.adv = adv.view(-1, 1) * ro.batch.mask  # [B, T]
+
+
+def ppo_advantage(ro: Rollout, algo: AlgoSection) -> None:
+    """Reward on the last token (minus β·k1 per token when KL is in the reward), then GAE."""
+    assert ro.old_values is not None
+    ro.batch.mask = ro.batch.mask * ro.valid.view(-1, 1)
+    mask = ro.batch.mask
+    token_r = last_token_rewards(ro.rewards.view(-1), mask)
+    if algo.beta > 0 and algo.kl_in == "reward":
+        assert ro.ref_logp is not None and ro.old_logp is not None
+        token_r = token_r - algo.beta * kl_penalty(ro.old_logp, ro.ref_logp, "k1") * mask
+    adv, ret = gae_advantages(token_r, ro.old_values, mask, algo.gamma, algo.lam)
+    ro.adv, ro.returns = masked_whiten(adv, mask), ret
+
+
+def _cut(t: torch.Tensor | None, s: slice, width: int) -> torch.Tensor | None:
+    return None if t is None else t[s, :width]
+
+
+def policy_update(
+    model: Any,
+    ro: Rollout,
+    algo: AlgoSection,
+    micro: int,
+    max_new_tokens: int,
+    value_head: ValueHead | None = None,
+) -> dict[str, float]:
+    """One optimisation pass over the batch with gradient accumulation (the caller steps).
+
+    Loss per token: clipped policy loss (+ β·KL when in the loss) aggregated by `loss_agg` with
+    whole-batch normalisers, so the accumulated gradient equals the full batch's; PPO adds
+    `vf_coef` × the clipped value loss (token mean).
+    """
+    assert ro.adv is not None
+    b = ro.batch
+    n_tok = float(b.mask.sum().clamp(min=1))
+    n_seq = float((b.mask.sum(-1) > 0).sum().clamp(min=1))
+    acc: dict[str, float] = dict.fromkeys(("loss", "pg_loss", "clip_frac", "entropy"), 0.0)
+    for s0 in range(0, b.targets.shape[0], micro):
+        s = slice(s0, s0 + micro)
+        mb = b.slice(s)
+        w = mb.targets.shape[1]
+        logits, h = forward_logits(model, mb, hidden=value_head is not None)
+        logp = token_logprobs(logits, mb.targets)  # [b, w]
+        old = _cut(ro.old_logp, s, w)
+        old = logp.detach() if old is None else old  # epochs = 1: ratio is 1, one forward
+        adv = ro.adv[s, :w]
+        pg, clipped = clipped_policy_loss(logp, old, adv, algo.clip_low, algo.clip_high)
+        per_tok = pg
+        m = mb.mask
+        if ro.ref_logp is not None:
+            kl = kl_penalty(logp, ro.ref_logp[s, :w], algo.kl_estimator)
+            acc["kl"] = acc.get("kl", 0.0) + float((kl.detach() * m).sum()) / n_tok
+            if algo.name == "grpo" or algo.kl_in == "loss":
+                per_tok = per_tok + algo.beta * kl
+        loss = aggregate_loss(per_tok, m, algo.loss_agg, n_tok, n_seq, float(max_new_tokens))
+        if value_head is not None:
+            assert ro.old_values is not None and ro.returns is not None
+            v = value_head(h)
+            vl = value_loss(v, ro.old_values[s, :w], ro.returns[s, :w], algo.value_clip)
+            vloss = aggregate_loss(vl, m, "token-mean", n_tok)
+            loss = loss + algo.vf_coef * vloss
+            acc["value_loss"] = acc.get("value_loss", 0.0) + float(vloss.detach())
+        loss.backward()
+        with torch.no_grad():
+            acc["loss"] += float(loss.detach())
+            acc["pg_loss"] += float((pg.detach() * m).sum()) / n_tok
+            acc["clip_frac"] += float((clipped * m).sum()) / n_tok
+            acc["entropy"] += float((entropy_from_logits(logits.detach()) * m).sum()) / n_tok
+    return dict(acc)
