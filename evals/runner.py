@@ -1,13 +1,14 @@
 """Sample n completions per problem with a rollout engine, score them, cache them.
 
-Reproducibility: problem i of environment e is sampled in its own ``generate`` call with the seed
-``derive_seed(suite.seed, e, i)``, so its completions do not depend on which other problems were
-sampled before it, and base and trained models see the same seeds (common random numbers make
-their difference less noisy).
+Reproducibility: problems are sampled in fixed chunks of ``problems_per_call`` consecutive rows
+of one environment (default 1: each problem alone), one ``generate`` call per chunk, seeded with
+``derive_seed(suite.seed, env, first row)``. A problem's completions therefore depend only on the
+suite, not on what ran before or on what was cached, and base and trained models see the same
+seeds (common random numbers make their difference less noisy).
 
 Cache and resume: each (model fingerprint, suite sampling hash, seed) has one JSONL file under
 ``<out>/cache/``; a problem's record is appended (and fsynced) as soon as it is sampled and
-scored. A re-run reads the file and samples only the problems it lacks, so an interrupted suite
+scored. A re-run reads the file and samples only the chunks it lacks, so an interrupted suite
 resumes where it stopped and a finished one costs nothing but the report. A record whose prompt
 differs from the current one (the dataset changed under the same options) is sampled again.
 """
@@ -241,6 +242,25 @@ def _repair_torn_tail(path: Path) -> None:
 # ---- sampling --------------------------------------------------------------------------------
 
 
+def chunks_of(problems: Sequence[Problem], size: int) -> list[list[Problem]]:
+    """A fixed partition of each environment's problems into runs of ``size`` consecutive rows.
+
+    The partition depends only on the suite, never on what is cached, so a chunk sampled after a
+    resume holds the same problems, gets the same seed and yields the same completions.
+
+    >>> ps = [Problem("a", i, str(i), {}, "") for i in range(3)] + [Problem("b", 0, "0", {}, "")]
+    >>> [[(p.env_key, p.index) for p in c] for c in chunks_of(ps, 2)]
+    [[('a', 0), ('a', 1)], [('a', 2)], [('b', 0)]]
+    """
+    out: list[list[Problem]] = []
+    for p in problems:
+        if out and out[-1][0].env_key == p.env_key and len(out[-1]) < size:
+            out[-1].append(p)
+        else:
+            out.append([p])
+    return out
+
+
 def sample_model(
     name: str,
     model_path: str | Path,
@@ -251,60 +271,28 @@ def sample_model(
     backend: str,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Per-problem records for one model, sampling only what its cache lacks."""
-    from verirl.rollout.base import SamplingParams
-
+    """Per-problem records for one model, sampling only the chunks its cache lacks."""
     fp = model_fingerprint(model_path)
     path = cache_path(out_dir, name, fp, suite)
     cached = read_cache(path)
-    todo: list[Problem] = []
-    for p in problems:
+
+    def fresh(p: Problem) -> bool:
         rec = cached.get((p.env_key, p.problem_id))
-        if rec is None or rec.get("prompt_raw") != _prompt_key(p.prompt):
-            todo.append(p)
+        return rec is not None and rec.get("prompt_raw") == _prompt_key(p.prompt)
+
+    todo = [c for c in chunks_of(problems, suite.problems_per_call) if not all(map(fresh, c))]
     if todo:
         _repair_torn_tail(path)
         engine, tok = open_engine(backend, model_path, suite)
-        s = suite.sampling
         try:
-            title = f"{name}: sampling {len(todo)} problems x {suite.n}"
-            with _progress(progress, title, len(todo)) as bar:
-                for p in todo:
-                    seed = derive_seed(suite.seed, p.env_key, p.index)
-                    params = SamplingParams(
-                        max_new_tokens=s.max_tokens,
-                        temperature=s.temperature,
-                        top_p=s.top_p,
-                        top_k=s.top_k,
-                        stop=tuple(s.stop),
-                        seed=seed,
-                    )
-                    text = render_prompt(p.prompt, tok, suite.chat_template)
-                    comps = engine.generate([text], suite.n, params)[0]
-                    texts = [_strip_stop(c.text, s.stop) if s.strip_stop else c.text for c in comps]
-                    results = envs[p.env_key].score_batch(texts, [p.row] * len(texts))
-                    rec = {
-                        "version": CACHE_VERSION,
-                        "env": p.env_key,
-                        "problem_id": p.problem_id,
-                        "index": p.index,
-                        "seed": seed,
-                        "prompt_raw": _prompt_key(p.prompt),
-                        "samples": [
-                            {
-                                "text": c.text,
-                                "status": r.status,
-                                "reward": r.reward,
-                                "detail": r.detail[:200],
-                                "finish_reason": c.finish_reason,
-                                "num_tokens": len(c.token_ids),
-                            }
-                            for c, r in zip(comps, results, strict=True)
-                        ],
-                    }
-                    _append(path, rec)
-                    cached[(p.env_key, p.problem_id)] = rec
-                    bar()
+            n_todo = sum(map(len, todo))
+            title = f"{name}: sampling {n_todo} problems x {suite.n}"
+            with _progress(progress, title, n_todo) as advance:
+                for chunk in todo:
+                    for rec in _sample_chunk(chunk, engine, tok, suite, envs):
+                        _append(path, rec)
+                        cached[(rec["env"], rec["problem_id"])] = rec
+                    advance(len(chunk))
         finally:
             engine.close()
     records = []
@@ -312,6 +300,62 @@ def sample_model(
         rec = cached[(p.env_key, p.problem_id)]
         records.append(
             problem_record(name, p.env_key, p.problem_id, [s["status"] for s in rec["samples"]])
+        )
+    return records
+
+
+def _sample_chunk(
+    chunk: Sequence[Problem],
+    engine: Any,
+    tok: Any,
+    suite: SuiteConfig,
+    envs: Mapping[str, Environment],
+) -> list[dict[str, Any]]:
+    """Sample and score one chunk in one ``generate`` call; one cache record per problem."""
+    from verirl.rollout.base import SamplingParams
+
+    s = suite.sampling
+    seed = derive_seed(suite.seed, chunk[0].env_key, chunk[0].index)
+    params = SamplingParams(
+        max_new_tokens=s.max_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        stop=tuple(s.stop),
+        seed=seed,
+    )
+    texts = [render_prompt(p.prompt, tok, suite.chat_template) for p in chunk]
+    groups = engine.generate(texts, suite.n, params)
+    env = envs[chunk[0].env_key]
+    flat = [c for g in groups for c in g]
+    to_score = [_strip_stop(c.text, s.stop) if s.strip_stop else c.text for c in flat]
+    rows = [p.row for p, g in zip(chunk, groups, strict=True) for _ in g]
+    results = iter(env.score_batch(to_score, rows))
+    records = []
+    for p, group in zip(chunk, groups, strict=True):
+        samples = []
+        for c in group:
+            r = next(results)
+            samples.append(
+                {
+                    "text": c.text,
+                    "status": r.status,
+                    "reward": r.reward,
+                    "detail": r.detail[:200],
+                    "finish_reason": c.finish_reason,
+                    "num_tokens": len(c.token_ids),
+                }
+            )
+        records.append(
+            {
+                "version": CACHE_VERSION,
+                "env": p.env_key,
+                "problem_id": p.problem_id,
+                "index": p.index,
+                "seed": seed,
+                "prompt_raw": _prompt_key(p.prompt),
+                "samples": samples,
+            }
         )
     return records
 
@@ -333,20 +377,20 @@ def _prompt_key(prompt: Prompt) -> str:
 
 
 class _progress:
-    """A rich progress bar (or nothing) whose handle is called once per finished problem."""
+    """A rich progress bar (or nothing); its handle advances it by k finished problems."""
 
     def __init__(self, enabled: bool, title: str, total: int) -> None:
         self.enabled, self.title, self.total = enabled, title, total
 
     def __enter__(self) -> Any:
         if not self.enabled:
-            return lambda: None
+            return lambda k: None
         from rich.progress import Progress
 
         self.bar = Progress(transient=False)
         self.bar.start()
         task = self.bar.add_task(self.title, total=self.total)
-        return lambda: self.bar.update(task, advance=1)
+        return lambda k: self.bar.update(task, advance=k)
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:

@@ -90,8 +90,12 @@ class SuiteConfig(StrictModel):
     """Rollout engine; ``verirl eval --backend`` overrides it."""
     chat_template: Literal["auto", "always", "never"] = "auto"
     """Apply the tokenizer's chat template: auto = when the tokenizer has one."""
+    problems_per_call: int = Field(default=1, ge=1)
+    """Problems sampled together in one ``generate`` call (n completions each). Chunks are a
+    fixed partition of each env's rows and each gets a seed from its first row, so results are
+    reproducible for a given value; raise it for vLLM, which batches far better than hf."""
     batch_size: int | None = Field(default=None, ge=1)
-    """Most sequences per generate call (hf backend; None: one call per problem)."""
+    """Most sequences per forward pass of the hf engine (None: the whole call at once)."""
     bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)
     """Confidence intervals."""
 
@@ -121,7 +125,16 @@ class SuiteConfig(StrictModel):
     def sampling_hash(self) -> str:
         """Hash of what decides the sampled completions and their scores (not ks/bootstrap)."""
         relevant = self.model_dump(
-            mode="json", include={"envs", "n", "sampling", "seed", "backend", "chat_template"}
+            mode="json",
+            include={
+                "envs",
+                "n",
+                "sampling",
+                "seed",
+                "backend",
+                "chat_template",
+                "problems_per_call",
+            },
         )
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()

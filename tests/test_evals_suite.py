@@ -123,13 +123,19 @@ def test_rerun_is_served_from_cache(suite_run, tiny_model_dir, sft_model_dir, mo
     assert (suite_run / "results.jsonl").read_text() == before
 
 
+def _kill_after(cache: Path, keep: int) -> list[str]:
+    """Cut a finished cache to `keep` records plus a torn half-line, as a kill leaves it."""
+    lines = cache.read_text().splitlines(keepends=True)
+    cache.write_text("".join(lines[:keep]) + lines[keep][: len(lines[keep]) // 2])
+    return lines
+
+
 def test_interrupted_suite_resumes_with_identical_samples(suite_run, sft_model_dir, tmp_path):
-    # Copy the finished cache, keep 5 problems and a torn half-line, as a kill would leave it.
     src = next((suite_run / "cache").glob("sft-*.jsonl"))
-    lines = src.read_text().splitlines(keepends=True)
     cache = tmp_path / "cache" / src.name
     cache.parent.mkdir()
-    cache.write_text("".join(lines[:5]) + lines[5][: len(lines[5]) // 2])
+    cache.write_bytes(src.read_bytes())
+    lines = _kill_after(cache, 5)
     suite = load_suite(SUITE)
     summary = runner.evaluate_models(suite, {"sft": sft_model_dir}, tmp_path, progress=False)
     resumed = cache.read_text().splitlines(keepends=True)
@@ -138,6 +144,24 @@ def test_interrupted_suite_resumes_with_identical_samples(suite_run, sft_model_d
     assert sorted(resumed) == sorted(lines)
     first = json.loads((suite_run / "summary.json").read_text())["models"]["sft"]
     assert summary["models"]["sft"]["pass@1"] == pytest.approx(first["pass@1"])
+
+
+def test_chunked_sampling_resumes_whole_chunks(sft_model_dir, tmp_path):
+    # 5 problems per generate call: chunks {0-4}, {5-9}, {10, 11}. A kill after 7 records leaves
+    # chunk 2 half done; the resume samples it whole again and reproduces it exactly.
+    suite = load_suite(SUITE, ["problems_per_call=5"])
+    assert suite.sampling_hash() != load_suite(SUITE).sampling_hash()
+    runner.evaluate_models(suite, {"sft": sft_model_dir}, tmp_path, progress=False)
+    (cache,) = (tmp_path / "cache").glob("sft-*.jsonl")
+    lines = _kill_after(cache, 7)
+    runner.evaluate_models(suite, {"sft": sft_model_dir}, tmp_path, progress=False)
+    resumed = cache.read_text().splitlines(keepends=True)
+    assert resumed[:5] == lines[:5]
+    assert len(resumed) == 14  # 5 kept + 2 kept (stale duplicates, last one wins) + 7 resampled
+    recs = runner.read_cache(cache)
+    assert sorted(json.dumps(r, sort_keys=True) for r in recs.values()) == sorted(
+        json.dumps(json.loads(x), sort_keys=True) for x in lines
+    )
 
 
 def test_changing_ks_reuses_the_cache_but_changing_n_does_not(suite_run):
