@@ -151,21 +151,38 @@ def load_model(path: str | Path) -> tuple[Any, Any]:
     return model, tok
 
 
-def open_engine(backend: str, model_path: str | Path, suite: SuiteConfig) -> tuple[Any, Any]:
-    """(engine, tokenizer) for one model; the engine implements verirl.rollout.base."""
+def open_engine(
+    backend: str, model_path: str | Path, suite: SuiteConfig, out_dir: Path | None = None
+) -> tuple[Any, Any]:
+    """(engine, tokenizer) for one model, from the rollout factory (hf or vllm)."""
+    from verirl.rollout import make_engine
+
     if backend == "vllm":
-        try:
-            from verirl.rollout import make_engine  # type: ignore[attr-defined]
-        except ImportError:
-            raise UserError("the vllm backend is not available in this install") from None
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(model_path))
-        return make_engine("vllm", model=str(model_path)), tok
-    from verirl.rollout.hf import HFRolloutEngine
-
+        path = Path(model_path)
+        if (path / "adapter_config.json").is_file():  # vLLM loads full checkpoints: merge once
+            path = _merged_copy(path, (out_dir or path.parent) / "merged")
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as e:
+            raise UserError(f"model {str(model_path)!r} could not be loaded: {e}") from None
+        engine = make_engine("vllm", tokenizer=tok, model_path=str(path), **suite.vllm)
+        return engine, tok
     model, tok = load_model(model_path)
-    return HFRolloutEngine(model, tok, batch_size=suite.batch_size), tok
+    return make_engine("hf", model=model, tokenizer=tok, batch_size=suite.batch_size), tok
+
+
+def _merged_copy(adapter_dir: Path, root: Path) -> Path:
+    """Merge a PEFT adapter into its base model and save it under ``root`` (reused by hash)."""
+    dest = root / f"{adapter_dir.name}-{model_fingerprint(adapter_dir)[:12]}"
+    if not (dest / "config.json").is_file():
+        model, tok = load_model(adapter_dir)
+        tmp = dest.with_name(dest.name + ".tmp")
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        tmp.replace(dest)
+    return dest
 
 
 def render_prompt(prompt: Prompt, tokenizer: Any, mode: str) -> str:
@@ -283,7 +300,7 @@ def sample_model(
     todo = [c for c in chunks_of(problems, suite.problems_per_call) if not all(map(fresh, c))]
     if todo:
         _repair_torn_tail(path)
-        engine, tok = open_engine(backend, model_path, suite)
+        engine, tok = open_engine(backend, model_path, suite, out_dir)
         try:
             n_todo = sum(map(len, todo))
             title = f"{name}: sampling {n_todo} problems x {suite.n}"
@@ -408,15 +425,16 @@ def evaluate_models(
     report.md under ``out_dir``; returns the summary (see ``verirl.evals.report``)."""
     if not models:
         raise UserError("evaluate: give at least one model (--model PATH)")
+    if backend is not None and backend != suite.backend:
+        # The backend decides the random streams, so it is part of the cache key.
+        suite = suite.model_copy(update={"backend": backend})
     out = Path(out_dir)
     envs = open_envs(suite)
     try:
         problems = load_problems(suite, envs)
         records: list[dict[str, Any]] = []
         for name, path in models.items():
-            records += sample_model(
-                name, path, suite, problems, envs, out, backend or suite.backend, progress
-            )
+            records += sample_model(name, path, suite, problems, envs, out, suite.backend, progress)
     finally:
         for env in envs.values():
             env.close()

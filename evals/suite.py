@@ -96,6 +96,9 @@ class SuiteConfig(StrictModel):
     reproducible for a given value; raise it for vLLM, which batches far better than hf."""
     batch_size: int | None = Field(default=None, ge=1)
     """Most sequences per forward pass of the hf engine (None: the whole call at once)."""
+    vllm: dict[str, Any] = Field(default_factory=dict)
+    """Settings of the vllm engine (``verirl.rollout.vllm.VLLMOptions``), e.g.
+    ``gpu_memory_utilization: 0.85`` (an eval shares the GPU with no trainer)."""
     bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)
     """Confidence intervals."""
 
@@ -134,6 +137,8 @@ class SuiteConfig(StrictModel):
                 "backend",
                 "chat_template",
                 "problems_per_call",
+                "batch_size",
+                "vllm",
             },
         )
         blob = json.dumps(relevant, sort_keys=True).encode()
