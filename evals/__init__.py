@@ -2,11 +2,13 @@
 
 Python API (imported lazily, so ``import verirl.evals`` stays cheap)::
 
-    from verirl.evals import evaluate_models, load_suite, pass_at_k
-    suite = load_suite("arithmetic", ["n=64", "ks=[1, 8, 64]"])
-    summary = evaluate_models(suite, {"base": "runs/demo/sft", "grpo": "runs/demo/grpo"},
-                              "runs/demo/eval")
-    summary["models"]["grpo"]["pass@1"]
+    from verirl.evals import run_suite
+    summary = run_suite("arithmetic", {"base": "runs/demo/sft/final", "grpo": "runs/demo/grpo/final"},
+                        "runs/demo/eval", overrides=["n=64", "ks=[1, 8, 64]"])
+    summary["models"]["grpo"]["pass@1"]      # also results.jsonl, passk.png, report.md
+
+``evaluate_models(load_suite(...), models, out_dir)`` does the same from a loaded suite;
+``write_report(records, out_dir, ks)`` writes the outputs for counts made elsewhere.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ _EXPORTS = {
     "SuiteConfig": "verirl.evals.suite",
     "load_suite": "verirl.evals.suite",
     "evaluate_models": "verirl.evals.runner",
+    "run_suite": "verirl.evals.runner",
     "score_samples": "verirl.evals.samples",
     "write_report": "verirl.evals.report",
 }

@@ -459,3 +459,22 @@ def _status_counts(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, int
     for r in records:
         by_model.setdefault(r["model"], Counter()).update(r["statuses"])
     return {m: dict(sorted(c.items())) for m, c in by_model.items()}
+
+
+def run_suite(
+    suite: str | Path,
+    models: Mapping[str, str | Path],
+    out_dir: str | Path,
+    overrides: Sequence[str] = (),
+    backend: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``verirl eval`` as a function: load a suite by name or path (with ``key=value``
+    overrides) and evaluate the models; returns the summary.
+
+    ``run_suite("arithmetic", {"base": "runs/demo/sft/final", "grpo": "runs/demo/grpo/final"},
+    "runs/demo/eval")`` is what ``verirl demo`` ends with.
+    """
+    from verirl.evals.suite import load_suite
+
+    return evaluate_models(load_suite(suite, list(overrides)), models, out_dir, backend, progress)

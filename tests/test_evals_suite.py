@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from verirl.evals import runner
+from verirl.evals import run_suite, runner
 from verirl.evals.suite import builtin_suites, load_suite
 
 from verirl.cli import main
@@ -154,7 +154,7 @@ def test_chunked_sampling_resumes_whole_chunks(sft_model_dir, tmp_path):
     runner.evaluate_models(suite, {"sft": sft_model_dir}, tmp_path, progress=False)
     (cache,) = (tmp_path / "cache").glob("sft-*.jsonl")
     lines = _kill_after(cache, 7)
-    runner.evaluate_models(suite, {"sft": sft_model_dir}, tmp_path, progress=False)
+    run_suite(SUITE, {"sft": sft_model_dir}, tmp_path, ["problems_per_call=5"], progress=False)
     resumed = cache.read_text().splitlines(keepends=True)
     assert resumed[:5] == lines[:5]
     assert len(resumed) == 14  # 5 kept + 2 kept (stale duplicates, last one wins) + 7 resampled
