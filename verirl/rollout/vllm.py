@@ -172,9 +172,21 @@ def _reload_on_worker(worker: Any, weights: list[tuple[str, Any]]) -> None:
     Parameter) keeps kernel data derived from the old weights; on CPU that is the packed lm_head
     GEMM, which would silently keep the step-0 logits. Re-running its post-load processing fixes it.
     """
-    worker.reload_weights(weights_iterator=weights)
+    import inspect
+
+    model = worker.model_runner.get_model()
+    # The worker's method forwards *args to its model runner's, whose signature tells the version.
+    runner_reload = getattr(worker.model_runner, "reload_weights", None)
+    if (
+        runner_reload is not None
+        and "weights_iterator" in inspect.signature(runner_reload).parameters
+    ):
+        worker.reload_weights(weights_iterator=weights)
+    else:
+        # vLLM before layer-wise reload (< ~0.14, GPU): TRL's plain copy into the live params.
+        model.load_weights(weights)
     seen: set[int] = set()
-    for module in worker.model_runner.get_model().modules():
+    for module in model.modules():
         weight = getattr(module, "weight", None)
         if weight is None or not hasattr(weight, "data_ptr"):
             continue
