@@ -13,6 +13,10 @@ MODULES = [
     "verirl.envs.registry",
     "verirl.envs.arithmetic",
     "verirl.tiny",
+    "verirl.algos.advantages",
+    "verirl.algos.kl",
+    "verirl.algos.losses",
+    "verirl.algos.reference",
 ]
 
 
