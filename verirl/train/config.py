@@ -57,8 +57,8 @@ class RolloutSection(StrictModel):
 
 class AlgoSection(StrictModel):
     name: Literal["grpo", "ppo"] = Field(default="grpo", description="policy-gradient algorithm")
-    prompts_per_step: int = Field(
-        default=8, ge=1, description="distinct prompts per generation batch"
+    batch_size: int = Field(
+        default=64, ge=1, description="completions per generation batch (prompts x group_size)"
     )
     group_size: int = Field(default=8, ge=1, description="completions per prompt (GRPO: G >= 2)")
     epochs: int = Field(
@@ -99,8 +99,11 @@ class AlgoSection(StrictModel):
     def _check(self) -> AlgoSection:
         if self.name == "grpo" and self.group_size < 2:
             raise ValueError(f"algo.group_size must be >= 2 for GRPO, got {self.group_size}")
-        if self.reference == "lora_disabled" and self.beta == 0:
-            pass  # harmless: no reference is built when β = 0
+        if self.batch_size % self.group_size:
+            raise ValueError(
+                f"algo.batch_size={self.batch_size} must be divisible by "
+                f"algo.group_size={self.group_size}"
+            )
         return self
 
 
@@ -146,12 +149,9 @@ class TrainConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         mb = self.train.micro_batch_size
-        batch = self.algo.prompts_per_step * self.algo.group_size
+        batch = self.algo.batch_size
         if mb is not None and batch % mb:
-            raise ValueError(
-                f"train.micro_batch_size={mb} must divide the batch algo.prompts_per_step x "
-                f"algo.group_size = {batch}"
-            )
+            raise ValueError(f"train.micro_batch_size={mb} must divide algo.batch_size={batch}")
         if (
             self.algo.reference == "lora_disabled"
             and self.algo.beta > 0

@@ -161,7 +161,7 @@ def train(cfg: TrainConfig, resume_dir: Path | None = None) -> Path:
     write_resolved_config(cfg, run.run_dir)
     log = MetricsLogger(run.run_dir, cfg.log.tensorboard, keep_upto=run.start_step)
     sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, tuple(r.stop))
-    batch_size = a.prompts_per_step * a.group_size
+    batch_size = a.batch_size
     micro = t.micro_batch_size or batch_size
     pad = run.tok.pad_token_id
     autocast = torch.autocast("cpu" if t.device == "cpu" else "cuda", torch.bfloat16,
@@ -172,7 +172,7 @@ def train(cfg: TrainConfig, resume_dir: Path | None = None) -> Path:
         for step in range(run.start_step, t.steps):
             t0 = time.perf_counter()
             # 1. generate: G completions for each of P prompts, from the current policy
-            rows = batch_rows(run.rows, step, a.prompts_per_step, t.seed)
+            rows = batch_rows(run.rows, step, a.batch_size // a.group_size, t.seed)
             prompts = [render_prompt(run.env.prompt(x), run.tok, cfg.model.chat_template)
                        for x in rows]  # fmt: skip
             groups = run.engine.generate(prompts, a.group_size, sampling)

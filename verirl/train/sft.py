@@ -96,7 +96,7 @@ def sft(cfg: SftConfig) -> Path:
             opt.step()
             sched.step()
             seconds = time.perf_counter() - t0
-            log.log({"step": step + 1, "loss": float(loss), "grad_norm": grad_norm,
+            log.log({"step": step + 1, "loss": float(loss.detach()), "grad_norm": grad_norm,
                      "lr": sched.get_last_lr()[0], "step_seconds": seconds,
                      "tokens_per_s": float(batch.attention_mask.sum()) / seconds})  # fmt: skip
     finally:
