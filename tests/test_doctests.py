@@ -17,6 +17,12 @@ MODULES = [
     "verirl.algos.kl",
     "verirl.algos.losses",
     "verirl.algos.reference",
+    "verirl.rewards.math_extract",
+    "verirl.rewards.math_equiv",
+    "verirl.rewards.math_reward",
+    "verirl.rewards.format",
+    "verirl.rewards.combine",
+    "verirl.envs.math_envs",
 ]
 
 

@@ -1,0 +1,425 @@
+"""Is a predicted math answer equivalent to the gold answer?
+
+Two stages. `fast_equiv` decides plain numbers (integers, decimals, fractions, mixed numbers,
+thousands separators, units, percent, currency), multiple-choice letters and words with exact
+rational arithmetic and no sympy; it answers ``None`` when it cannot decide. `symbolic_equiv`
+parses LaTeX with latex2sympy2_extended (plain text with sympy's parser) and compares structures:
+equations and assignments, ordered tuples, unordered sets, intervals, unions, matrices, then
+expressions by ``simplify(a - b) == 0`` with a high-precision numeric check.
+
+Exactness (the Math-Verify failure modes, huggingface/Math-Verify#14): an exact gold is matched
+exactly, so ``1000001 ≠ 1000000``, ``10^{-9} ≠ 0`` and ``1/2^{99} ≠ 1/2^{98}``; no relative
+tolerance is ever applied to exact values. A decimal gold with d places is matched at the
+precision it states: the prediction must round to it, |pred − gold| ≤ ½·10^(−d).
+
+`symbolic_equiv` can take unbounded time and memory (``9^{9^{9^9}}``); call it through
+`verirl.rewards.math_reward`, which runs it in worker processes under a hard deadline.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------
+# String normalization (shared by both stages)
+# ---------------------------------------------------------------------------------------------
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_DROP = (
+    "\\displaystyle", "\\left", "\\right", "\\!", "\\;", "\\:", "\\quad", "\\qquad",
+    "\\bigl", "\\bigr", "\\Bigl", "\\Bigr", "\\big", "\\Big",
+)  # fmt: skip
+_DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
+_PERCENT = re.compile(r"\\?%")
+_CURRENCY = re.compile(r"\\\$|\$|€|£|¥|\\euro|\\pounds")
+_THIN_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|\\,|\\ |~|\s)(?=\d{3}(?!\d))")
+_COMMA_THOUSANDS = re.compile(r"(?<![\d.,])(\d{1,3})((?:,\d{3})+)(?![\d,])")
+_SCI = re.compile(r"(\d(?:\.\d+)?)\s*[eE]\s*([+-]?\d+)(?![\w])")
+_SHORT_FRAC = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")
+_SHORT_SQRT = re.compile(r"\\sqrt\s*([0-9a-zA-Z])")
+_MIXED = re.compile(r"(?<![\d}.])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}")
+_UNIT_WORD = re.compile(r"[A-Za-z]{2,}\.?(?:\^\{?\d\}?)?")
+_CHOICE = re.compile(r"^\(?([A-Ea-e])\)?(?:[.:)]|\s|$)")
+_NUM = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
+_FRAC_NUM = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}")
+_SLASH_NUM = re.compile(r"(-?\d+)\s*/\s*(-?\d+)")
+_WORD = re.compile(r"[A-Za-z][A-Za-z '\-]*")
+_MATH_WORDS = {"sqrt", "pi", "log", "ln", "sin", "cos", "tan", "exp", "infty", "inf", "oo"}
+_MAX_NORMALIZE = 4000
+_MAX_DIGITS = 1000  # beyond this a "number" goes to the guarded symbolic stage
+
+
+def normalize(ans: str) -> str:
+    """Canonical string form of an answer: wrappers, units, separators and notation removed.
+
+    >>> normalize(r"\\$1{,}000 \\text{ dollars}.")
+    '1000'
+    >>> normalize(r"1\\frac12")
+    '(1+\\\\frac{1}{2})'
+    >>> normalize("1.5e3")
+    '1.5\\\\times10^{3}'
+    """
+    s = ans.strip()
+    if len(s) > _MAX_NORMALIZE:  # left as is; the guarded symbolic stage will reject it
+        return s
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
+    for _ in range(3):  # nested \text{\textbf{..}}
+        s = _TEXT_CMD.sub(r"\1", s)
+    for tok in _DROP:
+        s = s.replace(tok, "")
+    s = s.replace("\\le ", "\\leq ").replace("\\ge ", "\\geq ")
+    s = _DEGREE.sub("", s)
+    s = _PERCENT.sub("", s)
+    s = _CURRENCY.sub("", s)
+    s = _THIN_THOUSANDS.sub("", s)
+    s = _COMMA_THOUSANDS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), s)
+    s = _SCI.sub(r"\1\\times10^{\2}", s)
+    s = _SHORT_FRAC.sub(r"\\frac{\1}{\2}", s)
+    s = _SHORT_SQRT.sub(r"\\sqrt{\1}", s)
+    s = _MIXED.sub(r"(\1+\\frac{\2}{\3})", s)
+    s = s.strip().rstrip(".").strip()
+    return _strip_units(s).replace("\\ ", " ").strip()
+
+
+def _strip_units(s: str) -> str:
+    """Drop trailing unit words after a number ("5 cm", "12 apples", "3 m^2"); a token scan, not
+    a nested regex, so 20,000 letters cannot make it backtrack."""
+    words = s.split()
+    while len(words) >= 2 and _UNIT_WORD.fullmatch(words[-1]):
+        if words[-1].lower().rstrip(".") in _MATH_WORDS or "\\" in words[-1]:
+            break
+        words.pop()
+    if len(words) < len(s.split()) and words and words[-1][-1:] in "0123456789}.)":
+        return " ".join(words)
+    return s
+
+
+def choice_letter(ans: str) -> str | None:
+    """The multiple-choice letter an answer names, if it is one.
+
+    >>> choice_letter(r"\\text{(B)}"), choice_letter("(c) 42"), choice_letter("x+1")
+    ('B', 'C', None)
+    """
+    s = _TEXT_CMD.sub(r"\1", ans.strip()).strip().strip("$").strip()
+    m = _CHOICE.match(s)
+    if m is None:
+        return None
+    rest = s[m.end() :].strip()
+    # "(c) 42" names C; a bare "e" or "a" in an expression does not.
+    if rest and not s.startswith("("):
+        return None
+    return m.group(1).upper()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast path: exact rational numbers and words, no sympy
+# ---------------------------------------------------------------------------------------------
+def plain_number(s: str) -> tuple[Fraction, int | None] | None:
+    """(value, decimal places stated or None when exact) of a plain number string.
+
+    >>> plain_number("-0.250")
+    (Fraction(-1, 4), 3)
+    >>> plain_number(r"\\frac{3}{6}")
+    (Fraction(1, 2), None)
+    >>> plain_number("x") is None
+    True
+    """
+    s = s.strip()
+    if s.startswith("(") and s.endswith(")") and "," not in s:
+        s = s[1:-1].strip()
+    if not s or len(s) > _MAX_DIGITS:
+        return None
+    if s.startswith("+"):
+        s = s[1:]
+    if _NUM.fullmatch(s):
+        places = len(s.split(".", 1)[1]) if "." in s else None
+        return Fraction(s), places
+    m = _FRAC_NUM.fullmatch(s) or _SLASH_NUM.fullmatch(s)
+    if m:
+        groups = m.groups()
+        sign = -1 if len(groups) == 3 and groups[0] == "-" else 1
+        num, den = int(groups[-2]), int(groups[-1])
+        if den == 0:
+            return None
+        return sign * Fraction(num, den), None
+    mixed = re.fullmatch(r"\((-?\d+)\+\\frac\{(\d+)\}\{(\d+)\}\)", s)
+    if mixed and int(mixed.group(3)) != 0:
+        whole, num, den = (int(g) for g in mixed.groups())
+        frac = Fraction(num, den)
+        return (whole - frac if whole < 0 else whole + frac), None
+    return None
+
+
+def numbers_match(pred: Fraction, gold: Fraction, gold_places: int | None) -> bool:
+    """Exact for an exact gold; within half a unit of the last stated place for a decimal gold.
+
+    >>> numbers_match(Fraction(1000001), Fraction(1000000), None)
+    False
+    >>> numbers_match(Fraction(1, 3), Fraction("0.33"), 2)
+    True
+    """
+    if gold_places is None or pred == gold:
+        return pred == gold
+    return abs(pred - gold) <= Fraction(1, 2 * 10**gold_places)
+
+
+def _word(s: str) -> str | None:
+    s = s.strip().strip(".").strip()
+    if _WORD.fullmatch(s) and s.lower() not in _MATH_WORDS and len(s) > 1:
+        return " ".join(s.lower().replace("-", " ").split())
+    return None
+
+
+def fast_equiv(pred: str, gold: str) -> bool | None:
+    """Decide without sympy when both answers are plain; ``None`` means "ask sympy".
+
+    >>> fast_equiv("1,000", r"1{,}000"), fast_equiv("0.5", r"\\frac{1}{2}"), fast_equiv("B", r"\\text{(B)}")
+    (True, True, True)
+    >>> fast_equiv("1000001", "1000000"), fast_equiv("Monday", r"\\text{monday}")
+    (False, True)
+    >>> fast_equiv(r"\\sqrt{2}", "1.414") is None
+    True
+    """
+    gold_letter = choice_letter(gold)
+    if gold_letter is not None and len(normalize(gold).strip("()")) == 1:
+        pred_letter = choice_letter(pred)
+        if pred_letter is not None:
+            return pred_letter == gold_letter
+    p, g = normalize(pred), normalize(gold)
+    if p == g and p:
+        return True
+    gn, pn = plain_number(g), plain_number(p)
+    if gn is not None and pn is not None:
+        return numbers_match(pn[0], gn[0], gn[1])
+    gw, pw = _word(g), _word(p)
+    if gw is not None and pw is not None and len(gw) > 2 and len(pw) > 2:
+        return gw == pw
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Symbolic stage (run it under a deadline: see math_reward)
+# ---------------------------------------------------------------------------------------------
+_OPEN = {"(": ")", "[": "]", "\\{": "\\}"}
+
+
+def split_top(s: str, sep: str = ",") -> list[str]:
+    """Split at separators outside any brackets.
+
+    >>> split_top("(1,2), f(3, 4), \\\\{5\\\\}")
+    ['(1,2)', 'f(3, 4)', '\\\\{5\\\\}']
+    """
+    parts: list[str] = []
+    cur: list[str] = []
+    depth, i = 0, 0
+    while i < len(s):
+        if s.startswith(sep, i) and depth == 0:
+            parts.append("".join(cur).strip())
+            cur, i = [], i + len(sep)
+            continue
+        c = s[i]
+        if s.startswith("\\{", i) or s.startswith("\\}", i):
+            depth += 1 if s[i + 1] == "{" else -1
+            cur.append(s[i : i + 2])
+            i += 2
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        cur.append(c)
+        i += 1
+    parts.append("".join(cur).strip())
+    return parts
+
+
+def _brackets(s: str) -> tuple[str, str, str] | None:
+    """(open, inner, close) when the whole string is one bracketed group."""
+    for op in ("\\{", "(", "["):
+        if s.startswith(op):
+            for cl in ("\\}", ")", "]"):
+                if s.endswith(cl) and len(s) >= len(op) + len(cl):
+                    inner = s[len(op) : len(s) - len(cl)]
+                    if _balanced(inner):
+                        return op, inner, cl
+    return None
+
+
+def _balanced(s: str) -> bool:
+    depth = 0
+    for c in s.replace("\\{", "(").replace("\\}", ")"):
+        depth += c in "([{"
+        depth -= c in ")]}"
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _parse(s: str) -> Any:
+    import sympy
+    from latex2sympy2_extended import latex2sympy
+
+    if "\\" not in s and "{" not in s:
+        from sympy.parsing.sympy_parser import (
+            convert_xor,
+            implicit_multiplication_application,
+            parse_expr,
+            standard_transformations,
+        )
+
+        try:
+            t = (*standard_transformations, implicit_multiplication_application, convert_xor)
+            expr = parse_expr(s.replace("π", "pi"), transformations=t, evaluate=False)
+            return _tidy(expr, sympy)
+        except Exception:
+            pass
+    return _tidy(latex2sympy(s), sympy)
+
+
+def _tidy(expr: Any, sympy: Any) -> Any:
+    """Exact rationals for decimals, the imaginary unit for a free ``i``."""
+    if isinstance(expr, (set, frozenset, list, tuple)):
+        return type(expr)(_tidy(e, sympy) for e in expr)
+    if not hasattr(expr, "subs"):
+        return expr
+    if expr.has(sympy.Symbol("i")):
+        expr = expr.subs(sympy.Symbol("i"), sympy.I)
+    if expr.has(sympy.Float):
+        expr = expr.xreplace({f: sympy.Rational(str(f)) for f in expr.atoms(sympy.Float)})
+    return expr
+
+
+def _values_equal(a: Any, b: Any, gold_places: int | None) -> bool:
+    """Expression equality; `b` is the gold."""
+    import sympy
+
+    if isinstance(a, sympy.Eq) and isinstance(b, sympy.Eq):
+        if a.lhs == b.lhs and a.lhs.is_Symbol:
+            return _values_equal(a.rhs, b.rhs, gold_places)
+        da, db = a.lhs - a.rhs, b.lhs - b.rhs
+        if db == 0:
+            return bool(da == 0)
+        ratio = sympy.simplify(da / db)
+        return bool(ratio.is_number and ratio != 0)
+    if isinstance(a, sympy.Eq) and a.lhs.is_Symbol:  # "x = 3" against "3"
+        return _values_equal(a.rhs, b, gold_places)
+    if isinstance(b, sympy.Eq) and b.lhs.is_Symbol:
+        return _values_equal(a, b.rhs, gold_places)
+    if isinstance(a, sympy.MatrixBase) or isinstance(b, sympy.MatrixBase):
+        if not (isinstance(a, sympy.MatrixBase) and isinstance(b, sympy.MatrixBase)):
+            return False
+        if a.shape != b.shape:
+            return False
+        return all(_values_equal(x, y, gold_places) for x, y in zip(a, b, strict=True))
+    if isinstance(a, sympy.Set) or isinstance(b, sympy.Set):
+        return isinstance(a, sympy.Set) and isinstance(b, sympy.Set) and bool(a == b)
+    if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)):
+        return bool(a == b)
+    if a == b:
+        return True
+    if gold_places is not None and a.is_number and b.is_number:
+        diff = sympy.N(a - b, 30)
+        return bool(abs(diff) <= sympy.Rational(1, 2 * 10**gold_places))
+    diff = a - b
+    if a.is_number and b.is_number:
+        exact = sympy.nsimplify(sympy.simplify(diff))
+        if exact == 0:
+            return True
+        if exact.is_Rational:  # a nonzero exact rational is never "close enough"
+            return False
+        # Radicals sympy cannot cancel: 60 digits, relative to the operands' size.
+        prec = 60
+        va, vb = sympy.N(a, prec), sympy.N(b, prec)
+        scale = max(abs(va), abs(vb))
+        return bool(scale != 0 and abs(va - vb) <= scale * sympy.Float(10) ** (-45))
+    return bool(sympy.simplify(diff) == 0 or sympy.expand(diff) == 0)
+
+
+def _elements(s: str) -> tuple[str, list[str]] | None:
+    """A compound answer as (kind, parts); kind is tuple/set/interval/union/bare."""
+    if "\\cup" in s:
+        return "union", split_top(s, "\\cup")
+    br = _brackets(s)
+    if br is not None:
+        op, inner, cl = br
+        parts = split_top(inner)
+        if op == "\\{":
+            return "set", parts
+        if len(parts) >= 2:
+            return f"seq{op}{cl}", parts
+        return None
+    parts = split_top(s)
+    return ("bare", parts) if len(parts) >= 2 else None
+
+
+def _pm(s: str) -> str:
+    if s.count("\\pm") == 1:
+        head, _, tail = s.partition("\\pm")
+        return f"{head}+{tail}, {head}-{tail}" if head.strip() else f"{tail}, -{tail}"
+    return s
+
+
+def symbolic_equiv(pred: str, gold: str) -> tuple[bool, str]:
+    """Full check; may be slow on adversarial input, so run it under a deadline.
+
+    >>> symbolic_equiv(r"\\frac{1}{2^{99}}", r"\\frac{1}{2^{98}}")[0]
+    False
+    >>> symbolic_equiv(r"(-\\infty, 3]", r"(-\\infty,3]")[0], symbolic_equiv("x=3", "3")[0]
+    (True, True)
+    >>> symbolic_equiv(r"\\{3, 1\\}", r"1, 3")[0], symbolic_equiv("(3, 1)", "(1, 3)")[0]
+    (True, False)
+    """
+    fast = fast_equiv(pred, gold)
+    if fast is not None:
+        return fast, "fast"
+    p, g = _pm(normalize(pred)), _pm(normalize(gold))
+    gn = plain_number(g)
+    places = gn[1] if gn is not None else None
+    return _compound_equal(p, g, places), "symbolic"
+
+
+def _compound_equal(p: str, g: str, places: int | None) -> bool:
+    ge, pe = _elements(g), _elements(p)
+    if ge is None and pe is None:
+        return _single_equal(p, g, places)
+    if ge is None or pe is None:
+        # "(1, 2)" (point or open interval) vs "1, 2" or "x=1, y=2": compare as sequences.
+        if ge is None:
+            return False
+        pe = pe if pe is not None else ("bare", [p])
+    gkind, gparts = ge
+    pkind, pparts = pe
+    if len(gparts) != len(pparts):
+        return False
+    unordered = {"set", "bare", "union"}
+    if gkind in unordered and (pkind in unordered or pkind == "seq()"):
+        return _match_unordered(pparts, gparts)
+    if gkind.startswith("seq") and (pkind == gkind or pkind == "bare"):
+        return all(_compound_equal(x, y, None) for x, y in zip(pparts, gparts, strict=True))
+    return False
+
+
+def _match_unordered(pparts: list[str], gparts: list[str]) -> bool:
+    left = list(pparts)
+    for g in gparts:
+        hit = next((i for i, x in enumerate(left) if _compound_equal(x, g, None)), None)
+        if hit is None:
+            return False
+        left.pop(hit)
+    return True
+
+
+def _single_equal(p: str, g: str, places: int | None) -> bool:
+    fast = fast_equiv(p, g)
+    if fast is not None:
+        return fast
+    try:
+        gv = _parse(g)
+    except Exception:
+        return p.strip().lower() == g.strip().lower()
+    try:
+        pv = _parse(p)
+    except Exception:
+        return False
+    return _values_equal(pv, gv, places)

@@ -1,0 +1,245 @@
+"""Worker processes that run the symbolic math check under a hard, external deadline.
+
+Why processes and not SIGALRM: an alarm only works in the main thread (Math-Verify #50, #55) and
+cannot interrupt a C-level big-integer power such as ``9^{9^{9^9}}``. Here a worker that misses
+its deadline is SIGKILLed and replaced, so one pathological answer costs at most ``timeout_s``,
+and `CheckerPool.check` may be called from any thread.
+
+Workers are forked from a *zygote*: a small ``python -m verirl.rewards.math_pool`` process that
+imports sympy and latex2sympy2_extended once and forks a worker on request, handing the
+worker's socket back over SCM_RIGHTS. A replacement therefore starts in milliseconds, the caller
+never forks itself (safe with torch threads), nothing re-imports the caller's ``__main__`` (as
+multiprocessing's spawn/forkserver do), and neither torch nor vLLM is ever imported. Closing the
+pool (or the caller dying) closes the sockets, and every worker and the zygote exit on EOF.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from verirl.rewards.result import Status
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: Status  # correct | incorrect | timeout | memory
+    detail: str
+
+    @property
+    def correct(self) -> bool:
+        return self.status == "correct"
+
+
+# ---- child side -----------------------------------------------------------------------------
+def _worker_loop(conn: Connection, memory_mb: int) -> None:
+    """Receive (pred, gold), send (status, detail), until the parent closes the socket."""
+    from verirl.rewards.math_equiv import symbolic_equiv
+
+    try:
+        import resource
+
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ImportError, ValueError, OSError):  # no rlimit here: the deadline still holds
+        pass
+    while True:
+        try:
+            pred, gold = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            ok, how = symbolic_equiv(pred, gold)
+            out = ("correct" if ok else "incorrect", how)
+        except MemoryError:
+            out = ("memory", f"over {memory_mb} MiB")
+        except RecursionError:
+            out = ("incorrect", "too deeply nested to parse")
+        except Exception as e:  # an unparseable answer is a wrong answer, not a crash
+            out = ("incorrect", f"unparseable: {type(e).__name__}")
+        conn.send(out)
+
+
+def _zygote(ctrl_fd: int, memory_mb: int) -> None:
+    """Import the checker once, then fork one worker per request byte on the control socket."""
+    import latex2sympy2_extended  # noqa: F401
+    import sympy  # noqa: F401 - imported here so that every fork starts warm
+    from verirl.rewards.math_equiv import symbolic_equiv
+
+    # One warm-up check loads sympy's lazily imported parts (simplify, printing, the LaTeX
+    # grammar) once here, instead of in every forked worker's first check.
+    symbolic_equiv(r"\\frac{\\sqrt{2}}{2} + x", r"\\sin(\\pi/4) + x")
+    symbolic_equiv(r"(1, 2]", r"\\{1, 2\\}")
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps killed workers
+    ctrl = socket.socket(fileno=ctrl_fd)
+    while True:
+        if not ctrl.recv(1):
+            return  # the parent closed the pool or died
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            ctrl.close()
+            ours.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _worker_loop(Connection(theirs.detach()), memory_mb)
+            os._exit(0)
+        theirs.close()
+        socket.send_fds(ctrl, [pid.to_bytes(8, "little")], [ours.fileno()])
+        ours.close()
+
+
+# ---- parent side ----------------------------------------------------------------------------
+class _Worker:
+    def __init__(self, pid: int, conn: Connection) -> None:
+        self.pid, self.conn = pid, conn
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.conn.close()
+
+
+class CheckerPool:
+    """Long-lived worker processes running `symbolic_equiv` with a per-item hard deadline.
+
+    Thread-safe: `check` takes an idle worker (forking one if fewer than `workers` exist), sends
+    the pair and waits at most `timeout_s`; a late worker is killed and a fresh one forked later.
+    Starting the pool costs nothing until the first symbolic check.
+    """
+
+    def __init__(
+        self, workers: int | None = None, timeout_s: float = 0.75, memory_mb: int = 2048
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.size = max(1, workers or min(4, os.cpu_count() or 1))
+        self.timeout_s, self.memory_mb = timeout_s, memory_mb
+        self._idle: list[_Worker] = []
+        self._live = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._zygote: subprocess.Popen[bytes] | None = None
+        self._ctrl: socket.socket | None = None
+        self._fork_lock = threading.Lock()
+
+    def start(self, wait: bool = False) -> None:
+        """Start the zygote and one worker now (in the background unless `wait`), so that the
+        first symbolic check does not pay the ~1-2 s sympy import."""
+
+        def warm() -> None:
+            try:
+                self._release(self._acquire())
+            except Exception:  # a real failure surfaces again on the first check
+                pass
+
+        if wait:
+            warm()
+        else:
+            threading.Thread(target=warm, name="math-checker-warmup", daemon=True).start()
+
+    def _fork(self) -> _Worker:
+        with self._fork_lock:
+            if self._closed:
+                raise RuntimeError("CheckerPool is closed")
+            if self._zygote is None or self._zygote.poll() is not None:
+                ours, theirs = socket.socketpair()
+                code = f"from verirl.rewards.math_pool import _zygote; _zygote({theirs.fileno()}, {self.memory_mb})"
+                self._zygote = subprocess.Popen(
+                    [sys.executable, "-c", code], pass_fds=[theirs.fileno()], close_fds=True
+                )
+                theirs.close()
+                self._ctrl = ours
+            assert self._ctrl is not None
+            self._ctrl.sendall(b"F")
+            msg, fds, _, _ = socket.recv_fds(self._ctrl, 8, 1)
+            if len(msg) != 8 or len(fds) != 1:
+                raise RuntimeError("math checker zygote exited; see its stderr")
+            return _Worker(int.from_bytes(msg, "little"), Connection(fds[0]))
+
+    def _acquire(self) -> _Worker:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise RuntimeError("CheckerPool is closed")
+                if self._idle:
+                    return self._idle.pop()
+                if self._live < self.size:
+                    self._live += 1
+                    break
+                self._cond.wait()
+        try:
+            return self._fork()
+        except BaseException:
+            with self._cond:
+                self._live -= 1
+                self._cond.notify()
+            raise
+
+    def _release(self, worker: _Worker | None) -> None:
+        with self._cond:
+            if worker is None or self._closed or self._live > self.size:
+                self._live -= 1
+                if worker is not None:
+                    worker.kill()
+            else:
+                self._idle.append(worker)
+            self._cond.notify()
+
+    def check(self, pred: str, gold: str) -> Verdict:
+        """One `symbolic_equiv(pred, gold)` under the deadline."""
+        worker = self._acquire()
+        keep = False
+        try:
+            worker.conn.send((pred, gold))
+            if not worker.conn.poll(self.timeout_s):
+                return Verdict("timeout", f"no verdict within {self.timeout_s:g}s")
+            status, detail = worker.conn.recv()
+            keep = True
+            return Verdict(status, detail)
+        except (EOFError, OSError):
+            return Verdict("incorrect", "checker process died on this answer")
+        finally:
+            if not keep:
+                worker.kill()  # late or dead: SIGKILL, a fresh fork replaces it
+            self._release(worker if keep else None)
+
+    def resize(self, workers: int) -> None:
+        """Change the number of workers; extra ones retire as they come back."""
+        with self._cond:
+            self.size = max(1, workers)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Kill every idle worker and the zygote; busy ones are killed when they return."""
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._live -= len(idle)
+            self._cond.notify_all()
+        for w in idle:
+            w.kill()
+        with self._fork_lock:
+            if self._ctrl is not None:
+                self._ctrl.close()
+                self._ctrl = None
+            if self._zygote is not None:
+                try:
+                    self._zygote.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self._zygote.kill()
+                    self._zygote.wait()
+                self._zygote = None
+
+    def __enter__(self) -> CheckerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
