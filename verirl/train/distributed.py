@@ -432,8 +432,8 @@ def full_state_dict(model: Any, ctx: DistContext) -> dict[str, torch.Tensor] | N
         )
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        sd: dict[str, torch.Tensor] = get_model_state_dict(model, options=opts)  # type: ignore[assignment]
-        return sd if ctx.is_main else None
+        sd = get_model_state_dict(model, options=opts)
+        return dict(sd) if ctx.is_main else None  # type: ignore[arg-type]
     return unwrap(model).state_dict() if ctx.is_main else None
 
 

@@ -1,0 +1,346 @@
+"""verirl.train.distributed: 2 gloo ranks under torchrun equal one process on the same batch.
+
+One ``torchrun --standalone --nproc-per-node 2`` launch runs this file as its worker script
+(``__main__`` below) and writes per-rank results; the tests compare them with the same step
+run in the pytest process (world size 1). Pure helpers are tested on constructed contexts.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from verirl.errors import ConfigError, UserError
+from verirl.train.distributed import (
+    DistContext,
+    all_reduce_metrics,
+    barrier,
+    check_world_size,
+    clip_grad_norm,
+    dist_state,
+    gather_objects,
+    global_masked_whiten,
+    init_distributed,
+    loss_normalizer,
+    main_only,
+    micro_batches,
+    no_sync_if,
+    per_rank_workers,
+    rank_seed,
+    restore_dist_state,
+    save_pretrained,
+    shard_groups,
+    shutdown,
+    unwrap,
+    wrap_model,
+)
+
+GROUPS, GROUP_SIZE, MICRO = 4, 2, 2
+# Completion lengths per sequence: ranks get very different token counts (rank 0: 2 long
+# groups), so a mean of per-rank token means would NOT equal the global token mean.
+COMPLETION_LENS = [9, 7, 8, 6, 2, 1, 3, 2]
+PROMPT_LENS = [4, 4, 3, 3, 5, 5, 2, 2]
+CASES = ("ddp", "ddp_lora", "fsdp2", "fsdp2_lora")
+
+
+def global_batch() -> tuple[list[list[int]], list[list[int]], torch.Tensor]:
+    """Prompts, completions (token ids) and one advantage per sequence, fixed by seed."""
+    g = torch.Generator().manual_seed(1234)
+    prompts = [torch.randint(2, 258, (n,), generator=g).tolist() for n in PROMPT_LENS]
+    comps = [torch.randint(2, 258, (n,), generator=g).tolist() for n in COMPLETION_LENS]
+    adv = torch.randn(len(comps), generator=g)
+    return prompts, comps, adv
+
+
+def load_model(model_dir: str, lora: bool) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)  # same LoRA init on every rank (FSDP2 does not broadcast)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+        model = get_peft_model(model, cfg)
+    return model
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    full = getattr(t, "full_tensor", None)  # FSDP2 shards parameters and grads as DTensors
+    return (full() if full is not None else t).detach().cpu().clone()
+
+
+def train_step(ctx: DistContext, model_dir: str, strategy: str, lora: bool) -> dict[str, Any]:
+    """One optimizer step on this rank's groups of the global batch, as the loop does it:
+    token-mean loss normalised by the global token count, gradient accumulation over
+    micro-batches with the all-reduce only on the last one, clip, AdamW step."""
+    from verirl.train.model import forward_logits, pack
+    from verirl.train.objectives import aggregate_loss, clipped_policy_loss, token_logprobs
+
+    model = wrap_model(load_model(model_dir, lora), ctx, strategy)
+    named = [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([p for _, p in named], lr=1e-2)
+    prompts, comps, adv = global_batch()
+    rows = [g * GROUP_SIZE + j for g in shard_groups(GROUPS, ctx) for j in range(GROUP_SIZE)]
+    batch = pack([prompts[i] for i in rows], [comps[i] for i in rows], 0, ctx.device)
+    seq_adv = adv[rows].view(-1, 1) * batch.mask  # [B, T] a sequence advantage on its tokens
+    n_tok = loss_normalizer(batch.mask.sum(), ctx)
+    loss_sum, synced_early = 0.0, None
+    for s, last in micro_batches(len(rows), MICRO):
+        with no_sync_if(not last, model):
+            mb = batch.slice(s)
+            logits, _ = forward_logits(model, mb)
+            logp = token_logprobs(logits, mb.targets)
+            pg, _ = clipped_policy_loss(logp, logp.detach(), seq_adv[s, : logp.shape[1]], 0.2, 0.2)
+            loss = aggregate_loss(pg, mb.mask, "token-mean", n_tok)
+            loss.backward()
+        loss_sum += float(loss.detach())
+        if synced_early is None and not last and strategy == "ddp":
+            # Under no_sync the ranks' gradients are still their own (different data).
+            g = float(sum(p.grad.abs().sum() for _, p in named if p.grad is not None))
+            everyone = gather_objects(g, ctx, to_all=True)
+            assert everyone is not None
+            synced_early = len(set(everyone)) == 1
+    grads = {n: _full(p.grad) for n, p in named}
+    grad_norm = clip_grad_norm([p for _, p in named], 1e9)
+    opt.step()
+    return {
+        "loss": all_reduce_metrics({"loss": loss_sum}, ctx)["loss"],
+        "grads": grads,
+        "params": {n: _full(p) for n, p in named},
+        "grad_norm": grad_norm,
+        "synced_early": synced_early,
+        "local_tokens": float(batch.mask.sum()),
+        "model": model,
+    }
+
+
+def worker(model_dir: str, out: Path) -> None:
+    """Body of each torchrun rank: every check, results to out/rank<r>.json and out/*.pt."""
+    ctx = init_distributed()
+    res: dict[str, Any] = {"ctx": [ctx.rank, ctx.world_size, ctx.local_rank,
+                                   ctx.local_world_size, ctx.device, ctx.backend]}  # fmt: skip
+    for case in CASES:
+        r = train_step(ctx, model_dir, case.split("_")[0], lora=case.endswith("lora"))
+        res[f"{case}_local_tokens"] = r["local_tokens"]
+        res[f"{case}_synced_early"] = r["synced_early"]
+        if case == "fsdp2":  # all ranks call; rank 0 writes the gathered full model
+            save_pretrained(r["model"], out / "fsdp2-saved", ctx)
+        if ctx.is_main:
+            keep = {k: r[k] for k in ("loss", "grads", "params", "grad_norm")}
+            torch.save(keep, out / f"{case}.pt")
+        # DDP must have equal grads on every rank after the synced micro-step.
+        gsum = float(sum(g.double().sum() for g in r["grads"].values()))
+        res[f"{case}_grad_sums"] = gather_objects(gsum, ctx, to_all=True)
+    # metric reduction: rank 0 has 1 sample at reward 1, rank 1 has 3 at reward 0
+    n = 1 if ctx.rank == 0 else 3
+    mine = {"reward_mean": 1.0 if ctx.rank == 0 else 0.0, "step_seconds": 1.0 + ctx.rank,
+            f"status/{'correct' if ctx.rank == 0 else 'incorrect'}": float(n)}  # fmt: skip
+    res["metrics"] = all_reduce_metrics(mine, ctx, counts=n)
+    res["gathered"] = gather_objects({"rank": ctx.rank}, ctx)
+    # PPO whitening over both ranks' rows equals whitening the whole batch
+    g = torch.Generator().manual_seed(7)
+    x, mask = torch.randn(4, 5, generator=g), (torch.rand(4, 5, generator=g) > 0.3).float()
+    mine_rows = slice(2 * ctx.rank, 2 * ctx.rank + 2)
+    res["whiten"] = global_masked_whiten(x[mine_rows], mask[mine_rows], ctx).tolist()
+    # rank-0-only writing
+    main_only(lambda: (out / f"written-by-{ctx.rank}").write_text("x"))(ctx=ctx)
+    barrier(ctx)
+    # resume under 2 ranks: each rank gets its own RNG stream back
+    torch.manual_seed(rank_seed(0, ctx))
+    state = dist_state(ctx)
+    if ctx.is_main:
+        torch.save(state, out / "dist_state.pt")
+    barrier(ctx)
+    first = torch.rand(3).tolist()
+    restore_dist_state(torch.load(out / "dist_state.pt", weights_only=False), ctx)
+    res["rng"] = [first, torch.rand(3).tolist()]
+    try:
+        restore_dist_state({"world_size": 1}, ctx)
+        res["resize_error"] = None
+    except UserError as e:
+        res["resize_error"] = str(e)
+    res["shard"] = list(shard_groups(GROUPS, ctx))
+    res["workers"] = per_rank_workers(5, ctx)
+    (out / f"rank{ctx.rank}.json").write_text(json.dumps(res))
+    shutdown(ctx)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run the worker on 2 gloo ranks with torchrun (c10d rendezvous on a free port)."""
+    out = tmp_path_factory.mktemp("dist")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", __file__, str(tiny_model_dir), str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return out
+
+
+def _ranks(out: Path) -> list[dict[str, Any]]:
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_two_ranks_equal_single_process_step(
+    case: str, two_ranks: Path, tiny_model_dir: Path
+) -> None:
+    ranks = _ranks(two_ranks)
+    tokens = [r[f"{case}_local_tokens"] for r in ranks]
+    assert tokens[0] != tokens[1]  # else the global normaliser would not be exercised
+    ref = train_step(DistContext(), str(tiny_model_dir), "none", lora=case.endswith("lora"))
+    got = torch.load(two_ranks / f"{case}.pt")
+    assert got["loss"] == pytest.approx(ref["loss"], abs=1e-5)
+    assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4)
+    assert got["grads"].keys() == ref["grads"].keys()
+    for name, g in ref["grads"].items():
+        assert g.abs().sum() > 0 or "lora_A" in name, name  # LoRA B starts at 0: A gets none
+        torch.testing.assert_close(got["grads"][name], g, atol=1e-5, rtol=1e-4, msg=name)
+    for name, p in ref["params"].items():
+        torch.testing.assert_close(got["params"][name], p, atol=1e-5, rtol=1e-4, msg=name)
+    # after the synced micro-step every rank holds the same (global) gradient
+    sums = ranks[0][f"{case}_grad_sums"]
+    assert sums[0] == pytest.approx(sums[1], abs=1e-6)
+
+
+def test_ddp_accumulation_does_not_all_reduce_early(two_ranks: Path) -> None:
+    for case in ("ddp", "ddp_lora"):
+        assert [r[f"{case}_synced_early"] for r in _ranks(two_ranks)] == [False, False]
+
+
+def test_fsdp2_save_pretrained_writes_the_full_model(two_ranks: Path) -> None:
+    from safetensors.torch import load_file
+
+    saved = load_file(str(two_ranks / "fsdp2-saved" / "model.safetensors"))
+    params = torch.load(two_ranks / "fsdp2.pt")["params"]
+    for name, p in params.items():
+        if name in saved:
+            torch.testing.assert_close(saved[name], p, msg=name)
+    assert "model.layers.0.self_attn.q_proj.weight" in saved
+
+
+def test_two_rank_context_metrics_and_rank0_writing(two_ranks: Path) -> None:
+    r0, r1 = _ranks(two_ranks)
+    assert r0["ctx"] == [0, 2, 0, 2, "cpu", "gloo"] and r1["ctx"][:2] == [1, 2]
+    # count-weighted: (1·1 + 3·0) / 4, not the mean of means 0.5; statuses summed; max time
+    want = {"reward_mean": 0.25, "step_seconds": 2.0, "status/correct": 1.0,
+            "status/incorrect": 3.0}  # fmt: skip
+    assert r0["metrics"] == want and r1["metrics"] == want
+    assert r0["gathered"] == [{"rank": 0}, {"rank": 1}] and r1["gathered"] is None
+    assert sorted(p.name for p in two_ranks.glob("written-by-*")) == ["written-by-0"]
+    assert (r0["shard"], r1["shard"]) == ([0, 1], [2, 3])
+    assert (r0["workers"], r1["workers"]) == (3, 2)
+
+
+def test_global_whiten_equals_whole_batch(two_ranks: Path) -> None:
+    from verirl.train.objectives import masked_whiten
+
+    g = torch.Generator().manual_seed(7)
+    x, mask = torch.randn(4, 5, generator=g), (torch.rand(4, 5, generator=g) > 0.3).float()
+    got = torch.tensor([row for r in _ranks(two_ranks) for row in r["whiten"]])
+    torch.testing.assert_close(got, masked_whiten(x, mask), atol=1e-6, rtol=1e-5)
+
+
+def test_resume_under_two_ranks_restores_each_ranks_rng(two_ranks: Path) -> None:
+    r0, r1 = _ranks(two_ranks)
+    for r in (r0, r1):
+        assert r["rng"][0] == r["rng"][1]
+        assert "written by 1 rank(s) but this run has 2" in r["resize_error"]
+    assert r0["rng"][0] != r1["rng"][0]  # ranks sample differently
+
+
+# ---------------------------------------------------------------- single-process helpers
+
+
+def test_single_process_context_is_a_no_op() -> None:
+    ctx = init_distributed(env={})
+    assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.distributed) == (0, 1, True, False)
+    assert all_reduce_metrics({"a": 2.0}, ctx) == {"a": 2.0}
+    assert gather_objects("x", ctx) == ["x"] and loss_normalizer(7, ctx) == 7.0
+    barrier(ctx)
+    shutdown(ctx)
+    model = torch.nn.Linear(2, 2)
+    assert wrap_model(model, ctx, "ddp") is model and wrap_model(model, ctx, "none") is model
+    with pytest.raises(UserError, match="fsdp2 needs a process group"):
+        wrap_model(model, ctx, "fsdp2")
+
+
+def test_bad_launch_env_and_options_are_clear_errors() -> None:
+    with pytest.raises(UserError, match="MASTER_ADDR, MASTER_PORT are not"):
+        init_distributed(env={"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+                              "LOCAL_WORLD_SIZE": "2"})  # fmt: skip
+    with pytest.raises(ConfigError, match="backend must be"):
+        init_distributed("mpi", env={})
+    two = DistContext(rank=0, world_size=2)
+    with pytest.raises(ConfigError, match="would let each rank's weights drift"):
+        wrap_model(torch.nn.Linear(2, 2), two, "none")
+    with pytest.raises(ConfigError, match="strategy must be one of"):
+        wrap_model(torch.nn.Linear(2, 2), two, "deepspeed")
+    with pytest.raises(ValueError, match="op must be one of"):
+        all_reduce_metrics({"a": 1.0}, DistContext(), ops={"a": "median"})
+
+
+def test_shard_groups_keeps_groups_whole_and_advantages_equal() -> None:
+    from verirl.train.objectives import grpo_advantages
+
+    rewards = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    valid = torch.ones_like(rewards)
+    parts = []
+    for rank in range(2):
+        idx = list(shard_groups(4, DistContext(rank=rank, world_size=2)))
+        parts.append(grpo_advantages(rewards[idx], valid[idx]))
+    torch.testing.assert_close(torch.cat(parts), grpo_advantages(rewards, valid))
+    with pytest.raises(ConfigError, match=r"6 prompts .* does not split evenly over 4 ranks"):
+        shard_groups(6, DistContext(rank=0, world_size=4))
+
+
+def test_metric_weighting_ops_and_missing_keys_single_process() -> None:
+    metrics = {"reward_mean": 0.5, "status/timeout": 2.0, "x": 3.0}
+    ops = {"x": "min", "status/": "sum"}
+    m = all_reduce_metrics(metrics, DistContext(), counts={"reward_mean": 4.0}, ops=ops)
+    assert m == {"reward_mean": 0.5, "status/timeout": 2.0, "x": 3.0}
+
+
+def test_world_size_check_and_dist_state_single_process() -> None:
+    check_world_size(2, 2)
+    check_world_size(None, 1)  # checkpoints written before distributed support
+    with pytest.raises(UserError, match=r"written by 4 rank.* this run has 2"):
+        check_world_size(4, 2)
+    with pytest.raises(UserError, match=r"written by 1 rank.* this run has 2"):
+        restore_dist_state(None, DistContext(rank=1, world_size=2))
+    ctx = DistContext()
+    state = dist_state(ctx)
+    assert state is not None and state["world_size"] == 1
+    a = torch.rand(2)
+    restore_dist_state(state, ctx)
+    torch.testing.assert_close(torch.rand(2), a)
+
+
+def test_per_rank_workers_split_the_machine_pool() -> None:
+    def shares(total: int, local: int) -> list[int]:
+        ctxs = [DistContext(local_rank=i, local_world_size=local) for i in range(local)]
+        return [per_rank_workers(total, c) for c in ctxs]
+
+    assert shares(8, 8) == [1] * 8 and sum(shares(13, 4)) == 13 and shares(4, 1) == [4]
+    assert shares(2, 4) == [1, 1, 1, 1]  # every rank needs a worker
+    with pytest.raises(ConfigError, match="workers per machine must be >= 1"):
+        per_rank_workers(0, DistContext())
+
+
+def test_main_only_and_micro_batches() -> None:
+    calls: list[int] = []
+    f = main_only(lambda: calls.append(1) or "done")
+    assert f(ctx=DistContext(rank=1, world_size=2)) is None and calls == []
+    assert f(ctx=DistContext()) == "done" and calls == [1]
+    assert [last for _, last in micro_batches(4, 2)] == [False, True]
+    assert [last for _, last in micro_batches(3, 8)] == [True]
+
+
+if __name__ == "__main__":  # torchrun worker (see the `two_ranks` fixture)
+    worker(sys.argv[1], Path(sys.argv[2]))
