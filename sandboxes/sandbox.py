@@ -1,0 +1,222 @@
+"""The one entry point for running untrusted code: ``make_sandbox(kind)`` and ``Sandbox.run``.
+
+What it protects against (Docker backend, the default where an engine runs)
+--------------------------------------------------------------------------
+Every program runs in a container from the offline-built image with: no network
+(``network_mode=none``), a memory cap with swap equal to it, a pids cap, a CPU quota, a
+read-only root fs plus a size-capped tmpfs ``/tmp``, a dedicated non-root uid, all capabilities
+dropped, ``no-new-privileges``. Inside, a trusted runner (`verirl.sandboxes.runner`) forks one
+fresh process per sample into its own session and private temp dir, with rlimits (address
+space, CPU, file size = output cap, processes); it enforces the wall time with SIGKILL (so
+ignoring SIGALRM/SIGTERM does not help) and afterwards kills every process the sample left
+(its group, orphans that come back to the runner as subreaper, then every process of the
+sandbox uid) and wipes ``/tmp`` and ``/dev/shm``: no state reaches the next sample. The host
+watches each batch with its own deadline and replaces a container that stops answering.
+Containers carry the label ``verirl.sandbox`` and their owner's pid; a new pool removes the
+ones whose owner died (caller crash, SIGKILL), ``close()``/atexit removes its own (Ctrl-C).
+
+Verdicts are decided here, on the trusted side, never from the program's exit code:
+- stdio problems: the program's stdout is compared with the expected output by the host;
+- function problems (HumanEval ``check(candidate)``): every ``assert`` of the test is rewritten
+  so that its operands, marshalled to plain data with exact builtin types (``type(v) is int``,
+  recursively), are reported and the comparison itself is made by the host; the candidate's
+  return values are reduced to plain copies before the test sees them; module and builtin
+  patches made by the solution are undone before the test runs; the report carries a per-run
+  random nonce and goes through a pipe fd, and is accepted only if it says the test function
+  returned. Hence ``sys.exit(0)``, ``os._exit(0)``, atexit hooks, patched builtins, a lying
+  ``__eq__``, ``int`` subclasses, exceptions, and killing the runner (the sample is re-run
+  alone and scored ``error``) never produce a pass.
+
+What it does NOT protect against
+--------------------------------
+- Code that introspects the harness's own interpreter (``gc.get_objects()``, frame or closure
+  walking, ``ctypes``) can find the nonce and forge a function-test report. This needs
+  deliberate, targeted exploit code; stdio verdicts are immune since the program only ever
+  controls its own stdout.
+- Kernel or container-runtime escapes: the engine's seccomp profile is used when the engine
+  has one (``verirl sandbox doctor`` says), but a kernel bug is out of scope.
+- Timing side channels, and CPU contention between concurrent containers.
+
+Process backend (no Docker; chosen automatically with a warning)
+----------------------------------------------------------------
+The same runner as a local subprocess: rlimits, own session killed on timeout, empty
+environment, private temp dir, a fresh network and pid namespace through ``unshare`` when
+permitted (then every leftover process dies with the namespace), and uid 65534 when started as
+root. It does NOT isolate the filesystem: a program can read any file its uid can read
+(``/etc/passwd``, the repository) and write where that uid may write; without ``unshare`` it
+has the host's network. Use it for trusted-ish code or where Docker cannot run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import secrets
+import threading
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+RUNNER_SOURCE = (Path(__file__).parent / "runner.py").read_text()
+SandboxKind = Literal["docker", "process", "auto"]
+
+
+class SandboxInfraError(RuntimeError):
+    """The sandbox itself failed: the verdict says nothing about the program."""
+
+
+@dataclass
+class Job:
+    """One program to run. ``mode="function"`` runs ``test`` (defining ``check(candidate)``)
+    against ``entry_point`` of ``code``; ``mode="stdio"`` runs ``code`` on ``stdin``."""
+
+    mode: Literal["function", "stdio"]
+    code: str
+    test: str = ""
+    entry_point: str = ""
+    stdin: str = ""
+    timeout: float = 10.0
+    memory_mb: int = 512
+    output_bytes: int = 1 << 16
+    nonce: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "code": self.code,
+            "test": self.test,
+            "entry_point": self.entry_point,
+            "stdin": self.stdin,
+            "timeout": self.timeout,
+            "memory_mb": self.memory_mb,
+            "output_bytes": self.output_bytes,
+            "nonce": self.nonce,
+        }
+
+
+@dataclass
+class RunResult:
+    """What happened to one Job. ``infra`` set: the sandbox failed (not the program's fault).
+    ``harness_killed``: the program, run alone, killed or stopped the runner itself."""
+
+    exit: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    wall: float = 0.0
+    stdout: str = ""
+    stderr: str = ""
+    truncated: bool = False
+    report: str = ""
+    infra: str | None = None
+    harness_killed: bool = False
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> RunResult:
+        keys = ("exit", "signal", "timed_out", "wall", "stdout", "stderr", "truncated", "report")
+        return cls(**{k: d[k] for k in keys})
+
+
+class Sandbox(ABC):
+    """Runs Jobs concurrently (``workers`` batches at a time, ``batch_size`` jobs per runner
+    round-trip, each job still in its own fresh process); results keep the input order."""
+
+    kind: str = ""
+
+    def __init__(self, workers: int = 2, batch_size: int = 8) -> None:
+        self.workers = max(1, workers)
+        self.batch_size = max(1, batch_size)
+        self._closed = False
+        self._lock = threading.Lock()
+        atexit.register(self.close)
+
+    @abstractmethod
+    def _exec(self, jobs: Sequence[Job]) -> dict[int, RunResult]:
+        """Run one batch through one runner; results by index. Missing indices: the runner
+        died or hung while on the first missing job. Raise SandboxInfraError if the sandbox
+        itself is broken."""
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, jobs: Sequence[Job]) -> list[RunResult]:
+        if self._closed:
+            raise SandboxInfraError(f"{self.kind} sandbox is closed")
+        batches = [
+            list(range(i, min(i + self.batch_size, len(jobs))))
+            for i in range(0, len(jobs), self.batch_size)
+        ]
+        out: list[RunResult | None] = [None] * len(jobs)
+
+        def one(idx: list[int]) -> None:
+            for i, r in zip(idx, self._run_resilient([jobs[i] for i in idx]), strict=True):
+                out[i] = r
+
+        if len(batches) <= 1 or self.workers == 1:
+            for b in batches:
+                one(b)
+        else:
+            with ThreadPoolExecutor(self.workers) as pool:
+                list(pool.map(one, batches))
+        return [r if r is not None else RunResult(infra="no result") for r in out]
+
+    def _run_resilient(self, jobs: list[Job]) -> list[RunResult]:
+        """A job that kills (or stops) the runner must not cost the others their verdicts:
+        the job it died on is re-run alone; if it kills the runner again, that is its fault."""
+        results: list[RunResult | None] = [None] * len(jobs)
+        pending = list(range(len(jobs)))
+        while pending:
+            try:
+                got = self._exec([jobs[i] for i in pending])
+            except SandboxInfraError as e:
+                for i in pending:
+                    results[i] = RunResult(infra=str(e))
+                break
+            for k, r in got.items():
+                results[pending[k]] = r
+            missing = [pending[k] for k in range(len(pending)) if k not in got]
+            if not missing:
+                break
+            culprit = missing[0]
+            if len(pending) == 1:
+                results[culprit] = RunResult(harness_killed=True)
+                missing = missing[1:]
+                pending = missing
+            else:
+                # Alone first: its verdict, then the rest in one batch.
+                alone = self._run_resilient([jobs[culprit]])[0]
+                results[culprit] = alone
+                pending = missing[1:]
+        return [r if r is not None else RunResult(infra="no result") for r in results]
+
+
+def make_sandbox(kind: SandboxKind = "auto", workers: int = 2, **options: Any) -> Sandbox:
+    """The sandbox of `kind`; ``auto`` is Docker when an engine and the image are available,
+    else the process backend with a warning."""
+    if kind not in ("docker", "process", "auto"):
+        raise ValueError(f"sandbox must be 'docker', 'process' or 'auto', got {kind!r}")
+    if kind in ("docker", "auto"):
+        from verirl.sandboxes.docker_pool import DockerPool
+        from verirl.sandboxes.engine import EngineUnavailable
+
+        try:
+            return DockerPool(workers=workers, **options)
+        except EngineUnavailable as e:
+            if kind == "docker":
+                raise SandboxInfraError(f"docker sandbox unavailable: {e}") from None
+            warnings.warn(
+                f"no Docker sandbox ({e}); falling back to the process backend, which does NOT "
+                "isolate the filesystem (see verirl.sandboxes.sandbox)",
+                stacklevel=2,
+            )
+    from verirl.sandboxes.process import ProcessSandbox
+
+    return ProcessSandbox(workers=workers, **options)
