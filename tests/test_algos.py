@@ -129,6 +129,10 @@ def test_gae_by_hand():
         torch.tensor([[0.0, 4, 0, 1]]), torch.tensor([[0.5, 8, 0.6, 0.7]]), m3, 0.9, 0.8
     )
     close(adv3, [[0.21712, 0, 0.246, 0.3]])
+    # A bf16 critic: the recursion runs in float32.
+    adv_bf, _ = gae_advantages(r, v.to(torch.bfloat16), torch.ones(1, 3), 0.9, 0.8)
+    assert adv_bf.dtype == torch.float32
+    close(adv_bf, [[0.21712, 0.246, 0.3]], atol=5e-3)
 
 
 def test_gae_gamma_lambda_one_is_reward_to_go_minus_values():
@@ -215,6 +219,59 @@ def test_token_logprobs_matches_log_softmax_gather():
     close(lg.grad, want_grad)
 
 
+def test_token_logprobs_custom_backward_gradcheck():
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(3, 2, 5, generator=g, dtype=torch.float64).requires_grad_(True)
+    tokens = torch.randint(0, 5, (3, 2), generator=g)
+    for tau in (1.0, 0.6):
+        assert torch.autograd.gradcheck(
+            lambda z, tau=tau: token_logprobs(z, tokens, chunk_size=2, temperature=tau), (logits,)
+        )
+
+
+def test_token_logprobs_bf16_grad_and_noncontiguous_view():
+    g = torch.Generator().manual_seed(12)
+    full = torch.randn(4, 7, 30, generator=g).to(torch.bfloat16).requires_grad_(True)
+    tokens = torch.randint(0, 30, (4, 6), generator=g)
+    view = full[:, :-1]  # the trainer's logits[:, :-1] slice
+    upstream = torch.randn(4, 6, generator=g)
+    (token_logprobs(view, tokens, chunk_size=3) * upstream).sum().backward()
+    ref = full.detach().float().requires_grad_(True)
+    want = torch.log_softmax(ref[:, :-1], -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    (want * upstream).sum().backward()
+    assert full.grad.dtype == torch.bfloat16
+    close(full.grad.float(), ref.grad, atol=2e-2)  # bf16 rounding of the gradient only
+    assert (full.grad[:, -1] == 0).all()
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes autograd keeps for the backward pass of fn() (deterministic, unlike peak RSS)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def test_token_logprobs_keeps_no_float32_vocab_copy_for_backward():
+    b, t, v = 4, 16, 2048
+    logits = torch.randn(b, t, v).to(torch.bfloat16).requires_grad_(True)
+    tokens = torch.randint(0, v, (b, t))
+    fp32_copy = b * t * v * 4
+
+    def naive() -> torch.Tensor:
+        return torch.log_softmax(logits.float(), -1).gather(-1, tokens.unsqueeze(-1))
+
+    assert _saved_bytes(naive) >= fp32_copy
+    ours = _saved_bytes(lambda: token_logprobs(logits, tokens))
+    # Only the bf16 logits (which the caller holds anyway) and [B, T] tensors: tokens, lse.
+    assert ours <= logits.numel() * 2 + b * t * (8 + 4) < fp32_copy
+
+
 def test_entropy_from_logits():
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(3, 4, 20, generator=g) * 3
@@ -223,6 +280,16 @@ def test_entropy_from_logits():
     close(entropy_from_logits(torch.zeros(1, 1, 8)), [[math.log(8)]])
     peaked = torch.tensor([[[0.0, -1e4, -1e4]]])
     close(entropy_from_logits(peaked), [[0.0]])
+
+
+def test_kl_k3_saturates_instead_of_overflowing():
+    logp = torch.tensor([-150.0, 0.0], requires_grad=True)
+    ref = torch.tensor([0.0, -150.0])
+    k3 = kl_penalty(logp, ref, "k3")
+    assert torch.isfinite(k3).all()
+    close(k3.detach(), [math.expm1(20.0) - 20.0, math.expm1(-20.0) + 20.0], atol=1.0)
+    k3.sum().backward()
+    assert torch.isfinite(logp.grad).all()
 
 
 # --- clipped policy loss -------------------------------------------------------------------------
@@ -327,6 +394,16 @@ def test_microbatch_accumulation_equals_full_batch(mode):
     (g_acc,) = torch.autograd.grad(total, w)
     close(total, full.item())
     close(g_acc, g_full)
+
+
+def test_normalisers_are_keyword_only():
+    # A positional call written for another argument order must fail, not normalise wrongly.
+    with pytest.raises(TypeError):
+        aggregate_loss(LOSS, MASK, "token-mean", 8.0)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        sft_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long), 4)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        grpo_advantages(torch.zeros(4), 2, True, 1e-6, torch.ones(4))  # type: ignore[misc]
 
 
 # --- value and SFT losses ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ MODULES = [
     "verirl.tiny",
     "verirl.algos.advantages",
     "verirl.algos.kl",
+    "verirl.algos.logprobs",
     "verirl.algos.losses",
     "verirl.algos.reference",
     "verirl.rewards.math_extract",

@@ -13,14 +13,13 @@ from verirl.algos.advantages import (
     masked_whiten,
 )
 from verirl.algos.kl import KL_ESTIMATORS, kl_k1, kl_k2, kl_k3, kl_penalty
+from verirl.algos.logprobs import entropy_from_logits, token_logprobs
 from verirl.algos.losses import (
     LOSS_AGGREGATIONS,
     aggregate_loss,
     clipped_policy_loss,
-    entropy_from_logits,
     masked_mean,
     sft_loss,
-    token_logprobs,
     value_loss,
 )
 from verirl.algos.reference import adapters_disabled, ema_update, frozen_copy

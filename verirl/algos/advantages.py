@@ -33,6 +33,7 @@ def grpo_advantages(
     group_size: int,
     scale_by_std: bool = True,
     eps: float = 1e-6,
+    *,
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """GRPO outcome advantages, one per sequence, shared by all of its tokens.
@@ -59,7 +60,7 @@ def grpo_advantages(
     mean = (r * w).sum(-1, keepdim=True) / n.clamp(min=1)  # [P, 1]
     # A constant group must give exactly 0: its float32 mean can miss the common value by an ulp,
     # and dividing that residue by std ≈ 1e-8 (+ ε) would turn it into a spurious advantage.
-    signal = group_has_signal(rewards, group_size, valid).unsqueeze(-1)  # [P, 1]
+    signal = group_has_signal(rewards, group_size, valid=valid).unsqueeze(-1)  # [P, 1]
     centred = torch.where(signal, (r - mean) * w, 0.0)  # [P, G]
     if scale_by_std:
         var = (centred**2).sum(-1, keepdim=True) / (n - 1).clamp(min=1)  # [P, 1] unbiased
@@ -68,7 +69,7 @@ def grpo_advantages(
 
 
 def group_has_signal(
-    rewards: torch.Tensor, group_size: int, valid: torch.Tensor | None = None
+    rewards: torch.Tensor, group_size: int, *, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
     """DAPO dynamic sampling: a group teaches something only if its rewards are not all equal.
 
@@ -117,12 +118,13 @@ def gae_advantages(
     skipped, as in verl), rewards and values outside the mask are ignored, and V after the last
     token is 0 (the episode ends there). γ = λ = 1 gives reward-to-go minus V.
 
-    token_rewards, values, mask: [B, T]. Returns (advantages [B, T], returns [B, T]), both 0
-    outside the mask. Not whitened: see ``masked_whiten``.
+    token_rewards, values, mask: [B, T]. Returns (advantages [B, T], returns [B, T]), float32
+    (or float64), detached, both 0 outside the mask. Not whitened: see ``masked_whiten``.
     """
-    m = (mask > 0).to(values.dtype)  # [B, T]
-    v = values.detach() * m  # [B, T] critic targets carry no gradient
-    r = token_rewards.to(values.dtype) * m  # [B, T]
+    dtype = torch.promote_types(values.dtype, torch.float32)  # a bf16 critic: sum in float32
+    m = (mask > 0).to(dtype)  # [B, T]
+    v = values.detach().to(dtype) * m  # [B, T] critic targets carry no gradient
+    r = token_rewards.to(dtype) * m  # [B, T]
     next_value = torch.zeros_like(v[:, 0])  # [B] V(s_{t+1}); 0 past the last token
     running = torch.zeros_like(v[:, 0])  # [B] A_{t+1}
     adv = torch.zeros_like(v)  # [B, T]

@@ -18,6 +18,9 @@ from collections.abc import Callable
 
 import torch
 
+# |log π_ref − log π_θ| beyond this saturates k3 (e^20 ≈ 4.9e8 is finite in fp16/bf16/fp32).
+K3_MAX_LOG_RATIO = 20.0
+
 
 def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k1 = log π_θ − log π_ref = −x. [B, T] -> [B, T]."""
@@ -33,9 +36,11 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k3 = eˣ − x − 1 with x = log π_ref − log π_θ; ≥ 0 since eˣ ≥ 1 + x. [B, T] -> [B, T].
 
     ``expm1`` keeps it exact near x = 0, where eˣ − 1 would cancel to 0 in float32 and the
-    result could come out slightly negative.
+    result could come out slightly negative. x is clamped to ±``K3_MAX_LOG_RATIO`` (verl's
+    ``low_var_kl`` does the same): a token the policy has pushed to e⁻⁹⁰ of the reference's
+    probability would otherwise give eˣ = inf and a NaN update; there the penalty saturates.
     """
-    x = ref_logp - logp
+    x = (ref_logp - logp).clamp(-K3_MAX_LOG_RATIO, K3_MAX_LOG_RATIO)
     return torch.expm1(x) - x
 
 

@@ -15,11 +15,24 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
+
+from verirl.algos.logprobs import entropy_from_logits, token_logprobs
 
 # ρ = exp(log π_θ − log π_old) with |log ρ| ≤ 20 (as verl): a stale or corrupted old log-prob must
 # not give inf·0 = NaN. e^20 ≈ 5e8 is far outside any clip range, so clipped tokens stay clipped.
 MAX_LOG_RATIO = 20.0
+
+__all__ = [  # token_logprobs and entropy_from_logits live in logprobs.py; re-exported here.
+    "LOSS_AGGREGATIONS",
+    "MAX_LOG_RATIO",
+    "aggregate_loss",
+    "clipped_policy_loss",
+    "entropy_from_logits",
+    "masked_mean",
+    "sft_loss",
+    "token_logprobs",
+    "value_loss",
+]
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -32,46 +45,6 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     if dim is None:
         return (x * m).sum() / m.sum().clamp(min=1)
     return (x * m).sum(dim) / m.sum(dim).clamp(min=1)
-
-
-def token_logprobs(
-    logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int = 8, temperature: float = 1.0
-) -> torch.Tensor:
-    """log π(tokens[b, t]) = logits[b, t, tok] − logsumexp_v logits[b, t, v]. [B,T,V],[B,T] -> [B,T].
-
-    Memory: the float32 upcast (bf16 logits lose ~3 significant digits in log-softmax) is done
-    ``chunk_size`` rows at a time, and no [B, T, V] log-softmax tensor is materialised, so without
-    grad the peak extra memory is chunk_size·T·V floats instead of 2·B·T·V. ``temperature``
-    divides the logits, to score tokens under the distribution the sampler drew them from.
-    Every token must be a valid id (no -100): mask afterwards.
-
-    >>> token_logprobs(torch.zeros(1, 1, 4), torch.tensor([[2]])).tolist()  # log(1/4)
-    [[-1.386...]]
-    """
-    out = []
-    for s in range(0, logits.shape[0], chunk_size):
-        lg = logits[s : s + chunk_size].float()  # [c, T, V]
-        if temperature != 1.0:
-            lg = lg / temperature
-        picked = lg.gather(-1, tokens[s : s + chunk_size].unsqueeze(-1)).squeeze(-1)  # [c, T]
-        out.append(picked - torch.logsumexp(lg, dim=-1))
-    return torch.cat(out)  # [B, T]
-
-
-def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 8) -> torch.Tensor:
-    """H = −Σ_v p_v log p_v = logsumexp(z) − Σ_v p_v z_v per position. [B, T, V] -> [B, T].
-
-    float32 and chunked over rows like ``token_logprobs``.
-
-    >>> entropy_from_logits(torch.zeros(1, 1, 4)).tolist()  # uniform: log 4
-    [[1.386...]]
-    """
-    out = []
-    for s in range(0, logits.shape[0], chunk_size):
-        lg = logits[s : s + chunk_size].float()  # [c, T, V]
-        p = torch.softmax(lg, dim=-1)
-        out.append(torch.logsumexp(lg, dim=-1) - (p * lg).sum(-1))
-    return torch.cat(out)  # [B, T]
 
 
 def clipped_policy_loss(
@@ -165,6 +138,7 @@ def aggregate_loss(
     loss_tokens: torch.Tensor,
     mask: torch.Tensor,
     mode: str,
+    *,
     max_len: float | None = None,
     num_tokens: float | None = None,
     num_seqs: float | None = None,
@@ -190,6 +164,7 @@ def value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float | None,
+    *,
     num_tokens: float | None = None,
 ) -> torch.Tensor:
     """Clipped critic loss (PPO2), token mean over the mask:
@@ -211,19 +186,19 @@ def value_loss(
 
 
 def sft_loss(
-    logits: torch.Tensor, labels: torch.Tensor, num_tokens: float | None = None
+    logits: torch.Tensor, labels: torch.Tensor, *, num_tokens: float | None = None
 ) -> torch.Tensor:
     """Supervised fine-tuning: −1/N Σ_{t ∈ response} log π_θ(o_t | q, o_<t).
 
     logits [B, T, V] already aligned with labels [B, T] (no shift here); label −100 marks prompt
     and padding positions, which do not count. N = number of response tokens (or ``num_tokens``
-    for gradient accumulation). A batch without response tokens gives 0, not NaN.
+    for gradient accumulation). A batch without response tokens gives 0, not NaN. Uses
+    ``token_logprobs``, so no [B, T, V] float32 copy is kept for the backward pass.
 
     >>> sft_loss(torch.zeros(1, 2, 4), torch.tensor([[-100, 3]])).item()  # log 4
     1.386...
     """
-    nll = F.cross_entropy(
-        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="sum"
-    )  # scalar: Σ over response tokens
-    n = num_tokens if num_tokens is not None else (labels != -100).sum().clamp(min=1)
-    return nll / n
+    keep = labels != -100  # [B, T]
+    logp = token_logprobs(logits, labels.masked_fill(~keep, 0))  # [B, T]
+    n = num_tokens if num_tokens is not None else keep.sum().clamp(min=1)
+    return -(logp * keep).sum() / n
