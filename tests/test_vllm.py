@@ -182,13 +182,22 @@ def test_gpu_only_options_fail_clearly_on_cpu(tiny_model_dir):
     from verirl.errors import ConfigError
     from verirl.rollout.vllm import VLLMRolloutEngine
 
-    # These checks run before an engine starts, so they do not collide with the module's engine.
+    # These checks run before an engine starts (the module's engine may be running).
     with pytest.raises(UserError, match="sleep_mode"):
         VLLMRolloutEngine(tiny_model_dir, sleep_mode=True)
     with pytest.raises(UserError, match="tensor_parallel_size"):
         VLLMRolloutEngine(tiny_model_dir, tensor_parallel_size=2)
     with pytest.raises(ConfigError, match="gpu_memory_utilisation"):
         VLLMRolloutEngine(tiny_model_dir, gpu_memory_utilisation=0.2)
+
+
+def test_second_engine_in_process_is_refused(engine, tiny_model_dir):
+    from verirl.rollout.vllm import VLLMRolloutEngine
+
+    # vLLM tears down process-wide state when any in-process engine shuts down.
+    with pytest.raises(RuntimeError, match="already running"):
+        VLLMRolloutEngine(tiny_model_dir, kv_cache_gib=0.0625)
+    assert engine.generate(["1+1="], n=1, sampling=SamplingParams(2, seed=0))[0][0].token_ids
 
 
 BLOCKER = """

@@ -20,7 +20,8 @@ temperature/top-k/top-p, the same quantity the hf backend returns and the traine
 ``truncated_is_weights`` gives the truncated importance-sampling correction for what remains of
 the trainer/vLLM mismatch (kernels, dtypes).
 
-Two engines in one process are not supported by vLLM's in-process mode; ``close()`` the first.
+One engine per process at a time: vLLM's in-process engines share process-wide parallel state,
+which closing any of them tears down; a second start raises until the first is ``close()``d.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -232,6 +233,8 @@ class VLLMRolloutEngine(RolloutEngine):
     (see ``max_num_seqs``).
     """
 
+    _live: ClassVar[int] = 0  # engines started and not closed in this process (at most 1)
+
     def __init__(
         self,
         model_path: str | os.PathLike[str],
@@ -282,10 +285,16 @@ class VLLMRolloutEngine(RolloutEngine):
             kwargs["kv_cache_memory_bytes"] = int(kv_gib * 2**30)
         if opts.sleep_mode:
             kwargs["enable_sleep_mode"] = True
+        if VLLMRolloutEngine._live:
+            raise RuntimeError(
+                "a vLLM rollout engine is already running in this process; close() it first "
+                "(vLLM's in-process engines share process-wide state)"
+            )
         t0 = time.perf_counter()
         with _PreserveHostState():
             self.llm = vllm.LLM(**kwargs)
         self.start_seconds = time.perf_counter() - t0
+        VLLMRolloutEngine._live += 1
         self.tokenizer = tokenizer if tokenizer is not None else self.llm.get_tokenizer()
         self.sync_seconds: list[float] = []
         self._weights_asleep = self._kv_asleep = False
@@ -416,8 +425,10 @@ class VLLMRolloutEngine(RolloutEngine):
             destroy_model_parallel,
         )
 
+        # vLLM's shutdown also tears down its process-wide parallel state (hence one live engine).
         llm.llm_engine.engine_core.shutdown()
         del self.llm
+        VLLMRolloutEngine._live -= 1
         destroy_model_parallel()
         destroy_distributed_environment()
         gc.collect()
