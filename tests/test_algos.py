@@ -203,8 +203,8 @@ def test_token_logprobs_matches_log_softmax_gather():
     logits = torch.randn(5, 6, 50, generator=g) * 4
     tokens = torch.randint(0, 50, (5, 6), generator=g)
     want = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    for chunk in (1, 2, 8):
-        close(token_logprobs(logits, tokens, chunk_size=chunk), want)
+    for chunk in (1, 4, 6, 7, 12, 1000):  # parts of rows, whole rows, ragged last block
+        close(token_logprobs(logits, tokens, chunk_tokens=chunk), want)
     want_t = torch.log_softmax(logits / 0.7, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     close(token_logprobs(logits, tokens, temperature=0.7), want_t)
     # bf16 logits come back in float32, computed from the upcast values.
@@ -214,7 +214,7 @@ def test_token_logprobs_matches_log_softmax_gather():
     close(got, torch.log_softmax(lb.float(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
     # Gradient flows through the chunks.
     lg = logits.clone().requires_grad_(True)
-    token_logprobs(lg, tokens, chunk_size=2).sum().backward()
+    token_logprobs(lg, tokens, chunk_tokens=4).sum().backward()
     want_grad = F.one_hot(tokens, 50) - torch.softmax(logits, -1)
     close(lg.grad, want_grad)
 
@@ -225,7 +225,7 @@ def test_token_logprobs_custom_backward_gradcheck():
     tokens = torch.randint(0, 5, (3, 2), generator=g)
     for tau in (1.0, 0.6):
         assert torch.autograd.gradcheck(
-            lambda z, tau=tau: token_logprobs(z, tokens, chunk_size=2, temperature=tau), (logits,)
+            lambda z, tau=tau: token_logprobs(z, tokens, chunk_tokens=3, temperature=tau), (logits,)
         )
 
 
@@ -235,7 +235,7 @@ def test_token_logprobs_bf16_grad_and_noncontiguous_view():
     tokens = torch.randint(0, 30, (4, 6), generator=g)
     view = full[:, :-1]  # the trainer's logits[:, :-1] slice
     upstream = torch.randn(4, 6, generator=g)
-    (token_logprobs(view, tokens, chunk_size=3) * upstream).sum().backward()
+    (token_logprobs(view, tokens, chunk_tokens=4) * upstream).sum().backward()
     ref = full.detach().float().requires_grad_(True)
     want = torch.log_softmax(ref[:, :-1], -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     (want * upstream).sum().backward()
@@ -276,7 +276,14 @@ def test_entropy_from_logits():
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(3, 4, 20, generator=g) * 3
     p = torch.softmax(logits, -1)
-    close(entropy_from_logits(logits, chunk_size=2), -(p * p.log()).sum(-1))
+    for chunk in (3, 4, 100):
+        close(entropy_from_logits(logits, chunk_tokens=chunk), -(p * p.log()).sum(-1))
+    # With grad (an entropy bonus): d H / d z matches autograd through the dense formula.
+    z = logits.clone().requires_grad_(True)
+    entropy_from_logits(z, chunk_tokens=5).sum().backward()
+    z2 = logits.clone().requires_grad_(True)
+    (-(torch.softmax(z2, -1) * torch.log_softmax(z2, -1)).sum(-1)).sum().backward()
+    close(z.grad, z2.grad)
     close(entropy_from_logits(torch.zeros(1, 1, 8)), [[math.log(8)]])
     peaked = torch.tensor([[[0.0, -1e4, -1e4]]])
     close(entropy_from_logits(peaked), [[0.0]])

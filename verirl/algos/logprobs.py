@@ -2,18 +2,33 @@
 
 The obvious ``log_softmax(logits.float()).gather(...)`` materialises the float32 upcast *and* the
 log-softmax, each B·T·V floats, and autograd keeps the log-softmax for the backward pass: with a
-150k vocabulary, 8 × 1024 tokens is 4.9 GB per copy. Here the forward pass works ``chunk_size``
-rows at a time and keeps only the per-position log-normaliser; the backward pass recomputes the
-softmax chunk by chunk, ∂ log p(tok)/∂z_v = (1[v = tok] − p_v) / temperature, and returns the
+150k vocabulary, 8 × 1024 tokens is 4.9 GB per copy. Here the forward pass works on blocks of
+``chunk_tokens`` positions and keeps only the per-position log-normaliser; the backward pass
+recomputes the softmax block by block, ∂ log p(tok)/∂z_v = (1[v = tok] − p_v) / temperature, and returns the
 gradient in the logits' own dtype. Both log-prob and entropy are computed in (at least) float32:
 bf16 carries ~3 significant digits, too few for a log-normaliser over 10⁵ terms.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+
+def _blocks(b: int, t: int, chunk_tokens: int) -> Iterator[tuple[slice, slice]]:
+    """(rows, positions) blocks of at most ``chunk_tokens`` positions covering [b, t]: several
+    whole rows when rows are short, parts of one row when a row alone is longer."""
+    rows = max(1, chunk_tokens // max(t, 1))
+    width = max(1, min(t, chunk_tokens))
+    for i in range(0, b, rows):
+        for j in range(0, t, width):
+            yield slice(i, i + rows), slice(j, j + width)
+
+
+# Positions per block: 1024 × a 152k vocabulary × 4 bytes ≈ 0.6 GB of float32 at a time.
+CHUNK_TOKENS = 1024
 
 
 def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
@@ -26,46 +41,49 @@ class _TokenLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int, temperature: float
+        ctx: Any, logits: torch.Tensor, tokens: torch.Tensor, chunk_tokens: int, temperature: float
     ) -> torch.Tensor:
         dtype = _compute_dtype(logits)
         out = torch.empty(tokens.shape, dtype=dtype, device=logits.device)  # [B, T]
         lse = torch.empty_like(out)  # [B, T] log Σ_v exp(z_v / τ)
-        for s in range(0, logits.shape[0], chunk_size):
-            z = logits[s : s + chunk_size].to(dtype)  # [c, T, V]
+        for r, c in _blocks(tokens.shape[0], tokens.shape[1], chunk_tokens):
+            z = logits[r, c].to(dtype)  # [b, t, V] one block, upcast
             if temperature != 1.0:
                 z = z / temperature
-            lse[s : s + chunk_size] = torch.logsumexp(z, dim=-1)
-            picked = z.gather(-1, tokens[s : s + chunk_size].unsqueeze(-1)).squeeze(-1)
-            out[s : s + chunk_size] = picked - lse[s : s + chunk_size]
+            lse[r, c] = torch.logsumexp(z, dim=-1)
+            out[r, c] = z.gather(-1, tokens[r, c].unsqueeze(-1)).squeeze(-1) - lse[r, c]
         ctx.save_for_backward(logits, tokens, lse)
-        ctx.chunk_size, ctx.temperature = chunk_size, temperature
+        ctx.chunk_tokens, ctx.temperature = chunk_tokens, temperature
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         logits, tokens, lse = ctx.saved_tensors
-        c, tau = ctx.chunk_size, ctx.temperature
+        tau = ctx.temperature
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # [B, T, V]
-        for s in range(0, logits.shape[0], c):
-            z = logits[s : s + c].to(lse.dtype)  # [c, T, V]
+        for r, c in _blocks(tokens.shape[0], tokens.shape[1], ctx.chunk_tokens):
+            z = logits[r, c].to(lse.dtype)  # [b, t, V]
             if tau != 1.0:
                 z = z / tau
-            g_out = grad_out[s : s + c].unsqueeze(-1).to(lse.dtype)  # [c, T, 1]
-            g = (z - lse[s : s + c].unsqueeze(-1)).exp_().mul_(-g_out)  # −p_v · g
-            g.scatter_add_(-1, tokens[s : s + c].unsqueeze(-1), g_out)  # + 1[v = tok] · g
-            grad[s : s + c] = g.div_(tau)
+            g_out = grad_out[r, c].unsqueeze(-1).to(lse.dtype)  # [b, t, 1]
+            g = (z - lse[r, c].unsqueeze(-1)).exp_().mul_(-g_out)  # −p_v · g
+            g.scatter_add_(-1, tokens[r, c].unsqueeze(-1), g_out)  # + 1[v = tok] · g
+            grad[r, c] = g.div_(tau)
         return grad, None, None, None
 
 
 def token_logprobs(
-    logits: torch.Tensor, tokens: torch.Tensor, *, chunk_size: int = 8, temperature: float = 1.0
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    chunk_tokens: int = CHUNK_TOKENS,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """log π(tokens[b, t]) = z_tok/τ − logsumexp_v z_v/τ.  logits [B, T, V], tokens [B, T] -> [B, T].
 
     float32 result (float64 for float64 logits) whatever the logits' dtype; ``temperature`` τ
-    scores tokens under the distribution the sampler drew them from. Peak extra memory is
-    chunk_size·T·V floats in forward and backward; autograd keeps only [B, T] floats besides
+    scores tokens under the distribution the sampler drew them from. Peak extra memory is about
+    2·chunk_tokens·V floats in forward and backward; autograd keeps only [B, T] floats besides
     the logits themselves. Every token must be a valid id (no −100): mask the result instead.
 
     >>> token_logprobs(torch.zeros(1, 1, 4), torch.tensor([[2]])).tolist()  # log(1/4)
@@ -73,23 +91,25 @@ def token_logprobs(
     """
     if logits.shape[:-1] != tokens.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)}")
-    out: torch.Tensor = _TokenLogprobs.apply(logits, tokens, chunk_size, temperature)
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    out: torch.Tensor = _TokenLogprobs.apply(logits, tokens, chunk_tokens, temperature)
     return out
 
 
-def entropy_from_logits(logits: torch.Tensor, *, chunk_size: int = 8) -> torch.Tensor:
+def entropy_from_logits(logits: torch.Tensor, *, chunk_tokens: int = CHUNK_TOKENS) -> torch.Tensor:
     """H = −Σ_v p_v log p_v = logsumexp(z) − Σ_v p_v z_v per position. [B, T, V] -> [B, T].
 
-    At least float32, chunked over rows. Meant for metrics: call it on ``logits.detach()`` (with
-    grad, autograd keeps each chunk's softmax, as an entropy bonus would need).
+    At least float32, in blocks of ``chunk_tokens`` positions. Meant for metrics: call it on
+    ``logits.detach()`` (with grad, autograd keeps each block's softmax).
 
     >>> entropy_from_logits(torch.zeros(1, 1, 4)).tolist()  # uniform: log 4
     [[1.386...]]
     """
     dtype = _compute_dtype(logits)
-    out = []
-    for s in range(0, logits.shape[0], chunk_size):
-        z = logits[s : s + chunk_size].to(dtype)  # [c, T, V]
+    out = torch.empty(logits.shape[:-1], dtype=dtype, device=logits.device)  # [B, T]
+    for r, c in _blocks(out.shape[0], out.shape[1], chunk_tokens):
+        z = logits[r, c].to(dtype)  # [b, t, V]
         p = torch.softmax(z, dim=-1)
-        out.append(torch.logsumexp(z, dim=-1) - (p * z).sum(-1))
-    return torch.cat(out)  # [B, T]
+        out[r, c] = torch.logsumexp(z, dim=-1) - (p * z).sum(-1)
+    return out
