@@ -389,6 +389,8 @@ class VLLMRolloutEngine(RolloutEngine):
 
         # With TP > 1 the list travels to vLLM's worker processes; in-process it is only views.
         with torch.no_grad(), hf_named_weights(model) as weights:
+            if self.options.tensor_parallel_size > 1:  # pickled to worker processes: host copies
+                weights = [(name, t.cpu()) for name, t in weights]
             self.llm.collective_rpc(_reload_on_worker, args=(weights,))
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
         self._last_model = model
