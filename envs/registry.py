@@ -23,7 +23,11 @@ from verirl.errors import ConfigError
 ENTRY_POINT_GROUP = "verirl.envs"
 
 # Modules of built-in environments, imported on first lookup (not at package import).
-BUILTIN_MODULES: tuple[str, ...] = ("verirl.envs.arithmetic", "verirl.envs.math_envs")
+BUILTIN_MODULES: tuple[str, ...] = (
+    "verirl.envs.arithmetic",
+    "verirl.envs.math_envs",
+    "verirl.envs.code_envs",
+)
 
 _REGISTRY: dict[str, type[Environment]] = {}
 _SOURCES: dict[str, str] = {}

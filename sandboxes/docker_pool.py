@@ -57,7 +57,7 @@ class DockerPool(Sandbox):
     def __init__(
         self,
         workers: int = 2,
-        batch_size: int = 8,
+        batch_size: int = 16,
         memory_mb: int = 768,
         pids: int = 128,
         cpus: float = 1.0,

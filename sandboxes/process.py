@@ -30,7 +30,7 @@ def unshare_prefix() -> tuple[str, ...]:
     if exe is None:
         return ()
     base = (exe, "--net", "--pid", "--fork", "--kill-child")
-    candidates = [base] if os.geteuid() == 0 else []
+    candidates: list[tuple[str, ...]] = [base] if os.geteuid() == 0 else []
     candidates.append((*base, "--user", "--map-root-user"))
     for cmd in candidates:
         try:
@@ -47,12 +47,19 @@ class ProcessSandbox(Sandbox):
 
     kind = "process"
 
-    def __init__(self, workers: int = 2, batch_size: int = 8, use_unshare: bool = True) -> None:
+    def __init__(self, workers: int = 2, batch_size: int = 16, use_unshare: bool = True) -> None:
         super().__init__(workers, batch_size)
         self.prefix = unshare_prefix() if use_unshare else ()
         # As root we drop the programs to nobody; a user namespace maps us to root inside it,
         # where dropping is not possible (and not needed: we are not root outside).
         self.drop_uid = NOBODY if os.geteuid() == 0 and "--user" not in self.prefix else None
+
+    @property
+    def python(self) -> str:
+        """A system interpreter when there is one: uid 65534 must be able to read its stdlib
+        (a pyenv under /root is not readable to it)."""
+        system = shutil.which("python3", path="/usr/bin:/bin")
+        return system if self.drop_uid is not None and system else sys.executable
 
     @property
     def isolated_network(self) -> bool:
@@ -68,7 +75,7 @@ class ProcessSandbox(Sandbox):
             "scratch": scratch,
             "drop_to_uid": self.drop_uid,
         }
-        cmd = [*self.prefix, sys.executable, "-I", "-S", "-c", RUNNER_SOURCE]
+        cmd = [*self.prefix, self.python, "-I", "-S", "-c", RUNNER_SOURCE]
         deadline = sum(j.timeout + 1.0 for j in jobs) + 15.0
         try:
             p = subprocess.Popen(

@@ -125,7 +125,7 @@ class Sandbox(ABC):
 
     kind: str = ""
 
-    def __init__(self, workers: int = 2, batch_size: int = 8) -> None:
+    def __init__(self, workers: int = 2, batch_size: int = 16) -> None:
         self.workers = max(1, workers)
         self.batch_size = max(1, batch_size)
         self._closed = False
@@ -150,10 +150,9 @@ class Sandbox(ABC):
     def run(self, jobs: Sequence[Job]) -> list[RunResult]:
         if self._closed:
             raise SandboxInfraError(f"{self.kind} sandbox is closed")
-        batches = [
-            list(range(i, min(i + self.batch_size, len(jobs))))
-            for i in range(0, len(jobs), self.batch_size)
-        ]
+        # Even split so every worker is busy, at most batch_size jobs per runner round-trip.
+        size = min(self.batch_size, max(1, -(-len(jobs) // self.workers)))
+        batches = [list(range(i, min(i + size, len(jobs)))) for i in range(0, len(jobs), size)]
         out: list[RunResult | None] = [None] * len(jobs)
 
         def one(idx: list[int]) -> None:
