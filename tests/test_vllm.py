@@ -187,6 +187,8 @@ def test_gpu_only_options_fail_clearly_on_cpu(tiny_model_dir):
         VLLMRolloutEngine(tiny_model_dir, sleep_mode=True)
     with pytest.raises(UserError, match="tensor_parallel_size"):
         VLLMRolloutEngine(tiny_model_dir, tensor_parallel_size=2)
+    with pytest.raises(UserError, match="not an HF model directory"):
+        VLLMRolloutEngine(tiny_model_dir / "missing")
     with pytest.raises(ConfigError, match="gpu_memory_utilisation"):
         VLLMRolloutEngine(tiny_model_dir, gpu_memory_utilisation=0.2)
 

@@ -255,6 +255,12 @@ class VLLMRolloutEngine(RolloutEngine):
         vllm = import_vllm()
         from vllm.platforms import current_platform
 
+        local = Path(model_path).expanduser()
+        if (local.exists() or str(model_path).startswith((".", "/", "~"))) and not (
+            local / "config.json"
+        ).is_file():
+            raise UserError(f"model path {str(model_path)!r}: not an HF model directory for vLLM")
+
         self.options = opts
         self.on_cpu = bool(current_platform.is_cpu())
         if self.on_cpu and opts.sleep_mode:
