@@ -41,6 +41,7 @@ _SHORT_SQRT = re.compile(r"\\sqrt\s*([0-9a-zA-Z])")
 _MIXED = re.compile(r"(?<![\d}.])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}")
 _UNIT_WORD = re.compile(r"[A-Za-z]{2,}\.?(?:\^\{?\d\}?)?")
 _CHOICE = re.compile(r"^\(?([A-Ea-e])\)?(?:[.:)]|\s|$)")
+_MIXED_NORMAL = re.compile(r"\(?(-?\d+)\+\\frac\{(\d+)\}\{(\d+)\}\)?")
 _NUM = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
 _FRAC_NUM = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}")
 _SLASH_NUM = re.compile(r"(-?\d+)\s*/\s*(-?\d+)")
@@ -143,7 +144,7 @@ def plain_number(s: str) -> tuple[Fraction, int | None] | None:
         if den == 0:
             return None
         return sign * Fraction(num, den), None
-    mixed = re.fullmatch(r"\((-?\d+)\+\\frac\{(\d+)\}\{(\d+)\}\)", s)
+    mixed = _MIXED_NORMAL.fullmatch(s)
     if mixed and int(mixed.group(3)) != 0:
         whole, num, den = (int(g) for g in mixed.groups())
         frac = Fraction(num, den)
@@ -270,7 +271,8 @@ def _parse(s: str) -> Any:
 
         try:
             t = (*standard_transformations, implicit_multiplication_application, convert_xor)
-            expr = parse_expr(s.replace("π", "pi"), transformations=t, evaluate=False)
+            names = {"e": sympy.E, "i": sympy.I, "pi": sympy.pi, "π": sympy.pi}
+            expr = parse_expr(s, local_dict=names, transformations=t, evaluate=False)
             return _tidy(expr, sympy)
         except Exception:
             pass
@@ -323,17 +325,49 @@ def _values_equal(a: Any, b: Any, gold_places: int | None) -> bool:
         return bool(abs(diff) <= sympy.Rational(1, 2 * 10**gold_places))
     diff = a - b
     if a.is_number and b.is_number:
-        exact = sympy.nsimplify(sympy.simplify(diff))
+        exact_diff = diff.doit()  # latex2sympy leaves powers unevaluated: 2^{2^{2^2}}
+        if exact_diff.is_Rational:
+            return bool(exact_diff == 0)
+        if _clearly_apart(a, b, sympy):
+            return False
+        exact = sympy.simplify(diff)
         if exact == 0:
             return True
         if exact.is_Rational:  # a nonzero exact rational is never "close enough"
             return False
         # Radicals sympy cannot cancel: 60 digits, relative to the operands' size.
-        prec = 60
-        va, vb = sympy.N(a, prec), sympy.N(b, prec)
+        va, vb = sympy.N(a, 60), sympy.N(b, 60)
         scale = max(abs(va), abs(vb))
         return bool(scale != 0 and abs(va - vb) <= scale * sympy.Float(10) ** (-45))
-    return bool(sympy.simplify(diff) == 0 or sympy.expand(diff) == 0)
+    if _differ_at_points(diff, sympy):
+        return False
+    return bool(sympy.expand(diff) == 0 or sympy.simplify(diff) == 0)
+
+
+def _clearly_apart(a: Any, b: Any, sympy: Any) -> bool:
+    """A cheap numeric rejection before `simplify`: values that differ in the first 20 of 30
+    evaluated digits are different numbers (sympy's evalf tracks its error)."""
+    try:
+        va, vb = complex(sympy.N(a, 30)), complex(sympy.N(b, 30))
+    except (TypeError, ValueError):
+        return False
+    scale = max(abs(va), abs(vb))
+    return scale > 0 and abs(va - vb) > 1e-12 * scale
+
+
+def _differ_at_points(diff: Any, sympy: Any) -> bool:
+    """True when a - b is clearly nonzero at a fixed positive point (no randomness: verdicts
+    are reproducible). Equal expressions vanish everywhere they are defined."""
+    syms = sorted(diff.free_symbols, key=str)
+    for k in range(2):
+        point = {x: sympy.Rational(37 + 11 * i + 5 * k, 29) for i, x in enumerate(syms)}
+        try:
+            v = complex(sympy.N(diff.subs(point), 20))
+        except (TypeError, ValueError, ZeroDivisionError):
+            continue
+        if v == v and abs(v) > 1e-9:  # v == v filters NaN
+            return True
+    return False
 
 
 def _elements(s: str) -> tuple[str, list[str]] | None:

@@ -109,7 +109,8 @@ def _from_boxes(text: str) -> Extraction | None:
     return Extraction(_clean(last), "boxed", hedged)
 
 
-def _after(pattern: re.Pattern[str], text: str) -> str | None:
+def _after(pattern: re.Pattern[str], text: str) -> tuple[int, str] | None:
+    """(end offset of the last match, the clause after it)."""
     last = None
     for m in pattern.finditer(text):
         last = m
@@ -119,7 +120,8 @@ def _after(pattern: re.Pattern[str], text: str) -> str | None:
     line = rest.strip().split("\n", 1)[0]
     # "The answer is 12 because ..." keeps only the first clause of the sentence.
     line = re.split(r"(?<=[^\d\s])\.\s|\.$|\.\s+(?=[A-Z])", line, maxsplit=1)[0]
-    return _clean(line) or None
+    ans = _clean(line)
+    return (last.end(), ans) if ans else None
 
 
 def _last_number(text: str) -> str | None:
@@ -143,10 +145,14 @@ def _extract_plain(text: str, fallback: bool) -> Extraction | None:
     boxed = _from_boxes(text)
     if boxed is not None:
         return boxed
+    # "Final Answer: The final answer is $x$" holds both phrases: the later one wins.
+    best: tuple[int, str, str] | None = None
     for source, pattern in (("final_answer", _FINAL), ("answer_is", _THE_ANSWER_IS)):
-        after = _after(pattern, text)
-        if after is not None:
-            return Extraction(after, source, bool(_HEDGE.search(f" {after} ")))
+        found = _after(pattern, text)
+        if found is not None and (best is None or found[0] > best[0]):
+            best = (found[0], found[1], source)
+    if best is not None:
+        return Extraction(best[1], best[2], bool(_HEDGE.search(f" {best[1]} ")))
     gsm = list(_GSM8K.finditer(text))
     if gsm:
         return Extraction(_clean(gsm[-1].group(1)), "gsm8k")

@@ -76,6 +76,7 @@ def _zygote(ctrl_fd: int, memory_mb: int) -> None:
     # grammar) once here, instead of in every forked worker's first check.
     symbolic_equiv(r"\\frac{\\sqrt{2}}{2} + x", r"\\sin(\\pi/4) + x")
     symbolic_equiv(r"(1, 2]", r"\\{1, 2\\}")
+    symbolic_equiv(r"\\sin^2 x + \\cos^2 x + \\log_2 8", r"4")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps killed workers
     ctrl = socket.socket(fileno=ctrl_fd)
     while True:

@@ -1,0 +1,127 @@
+"""verirl's math reward vs Math-Verify 0.9.0 on the same labelled table, in one run.
+
+    python benchmarks/math_vs_mathverify.py [--cases tests/data/math_cases.jsonl] [--workers 2]
+                                            [--repeat 5] [--json out.json]
+
+Each table row is (completion, gold, expected). Math-Verify gets ``parse(completion)`` and
+``parse("$" + gold + "$")`` (its documented usage) and ``verify(gold, pred)``; verirl gets
+``math_reward(completion, gold)``. Printed: accuracy of each, the rows where they disagree with
+the label, total seconds, worst single item, and the speed ratio (Math-Verify total / verirl
+batch total). Throughput is measured on the table repeated ``--repeat`` times; the per-item
+worst case on one sequential pass. Math-Verify's SIGALRM timeouts need the main thread, so it
+runs sequentially here, as it must in a trainer's reward function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from verirl.rewards.math_pool import CheckerPool
+from verirl.rewards.math_reward import math_reward, math_reward_batch
+
+from verirl.jsonl import read_jsonl
+
+DEFAULT_CASES = Path(__file__).resolve().parent.parent / "tests" / "data" / "math_cases.jsonl"
+
+
+def run_verirl(cases: list[dict[str, Any]], workers: int, repeat: int) -> dict[str, Any]:
+    with CheckerPool(workers=workers) as pool:
+        t0 = time.perf_counter()
+        pool.start(wait=True)  # zygote start-up (sympy import), paid once per run
+        startup = time.perf_counter() - t0
+        verdicts, times = [], []
+        for c in cases:
+            t = time.perf_counter()
+            verdicts.append(math_reward(c["completion"], c["gold"], pool).ok)
+            times.append(time.perf_counter() - t)
+        comps = [c["completion"] for c in cases] * repeat
+        golds = [c["gold"] for c in cases] * repeat
+        t = time.perf_counter()
+        math_reward_batch(comps, golds, pool)
+        batch = time.perf_counter() - t
+    return {"verdicts": verdicts, "times": times, "batch_s": batch, "startup_s": startup}
+
+
+def run_mathverify(cases: list[dict[str, Any]], repeat: int) -> dict[str, Any]:
+    from math_verify import parse, verify
+
+    def one(c: dict[str, Any]) -> bool:
+        try:
+            return bool(verify(parse(f"${c['gold']}$"), parse(c["completion"])))
+        except Exception:
+            return False
+
+    verdicts, times = [], []
+    for c in cases:
+        t = time.perf_counter()
+        verdicts.append(one(c))
+        times.append(time.perf_counter() - t)
+    seq_total = sum(times)
+    if repeat > 1:  # same work again, as the batch run does
+        t = time.perf_counter()
+        for _ in range(repeat - 1):
+            for c in cases:
+                one(c)
+        seq_total += time.perf_counter() - t
+    return {"verdicts": verdicts, "times": times, "batch_s": seq_total, "startup_s": 0.0}
+
+
+def summary(name: str, cases: list[dict[str, Any]], res: dict[str, Any]) -> dict[str, Any]:
+    right = [v == c["expected"] for v, c in zip(res["verdicts"], cases, strict=True)]
+    worst = max(range(len(cases)), key=lambda i: res["times"][i])
+    return {
+        "name": name,
+        "accuracy": sum(right) / len(cases),
+        "wrong": [i for i, ok in enumerate(right) if not ok],
+        "total_s": res["batch_s"],
+        "worst_s": res["times"][worst],
+        "worst_item": worst,
+        "startup_s": res["startup_s"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", default=str(DEFAULT_CASES))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=1, help="table repeats for throughput")
+    ap.add_argument("--json", help="write the summary here")
+    args = ap.parse_args(argv)
+    cases = read_jsonl(args.cases)
+    ours = summary("verirl", cases, run_verirl(cases, args.workers, args.repeat))
+    theirs = summary("math-verify", cases, run_mathverify(cases, args.repeat))
+    n = len(cases) * args.repeat
+    print(f"{len(cases)} labelled cases ({sum(c['expected'] for c in cases)} equivalent)")
+    for s in (ours, theirs):
+        print(
+            f"{s['name']:12s} accuracy {s['accuracy']:.3f} ({len(cases) - len(s['wrong'])}/"
+            f"{len(cases)})  total {s['total_s']:.2f}s for {n} checks  "
+            f"worst item {s['worst_s']:.2f}s (#{s['worst_item']})"
+        )
+    calm = [i for i, c in enumerate(cases) if c["category"] != "pathological"]
+    ours_calm = sum(ours["times"][i] for i in calm)
+    theirs_calm = sum(theirs["times"][i] for i in calm)
+    print(
+        f"without the {len(cases) - len(calm)} pathological rows, one at a time: verirl "
+        f"{ours_calm:.2f}s, math-verify {theirs_calm:.2f}s ({theirs_calm / ours_calm:.1f}x)"
+    )
+    print(f"verirl worker start-up (once per pool): {ours['startup_s']:.2f}s")
+    print(f"speed ratio (math-verify / verirl): {theirs['total_s'] / ours['total_s']:.1f}x")
+    for s in (ours, theirs):
+        for i in s["wrong"]:
+            c = cases[i]
+            print(
+                f"  {s['name']} wrong on #{i} [{c['category']}]: {c['completion'][:60]!r} "
+                f"vs gold {c['gold'][:30]!r} (label {c['expected']})"
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"verirl": ours, "math_verify": theirs}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
