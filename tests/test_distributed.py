@@ -24,6 +24,7 @@ from verirl.train.distributed import (
     check_world_size,
     clip_grad_norm,
     dist_state,
+    full_state_dict,
     gather_objects,
     global_masked_whiten,
     init_distributed,
@@ -83,7 +84,12 @@ def train_step(ctx: DistContext, model_dir: str, strategy: str, lora: bool) -> d
     from verirl.train.model import forward_logits, pack
     from verirl.train.objectives import aggregate_loss, clipped_policy_loss, token_logprobs
 
-    model = wrap_model(load_model(model_dir, lora), ctx, strategy)
+    model = load_model(model_dir, lora)
+    if ctx.rank > 0:  # the wrap must start every rank from rank 0's weights
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01)
+    model = wrap_model(model, ctx, strategy)
     named = [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW([p for _, p in named], lr=1e-2)
     prompts, comps, adv = global_batch()
@@ -121,6 +127,16 @@ def train_step(ctx: DistContext, model_dir: str, strategy: str, lora: bool) -> d
     }
 
 
+def fsdp2_generate(model: Any, ctx: DistContext) -> int:
+    """HF generate on a sharded model: every decoding step all-gathers parameters, so ranks
+    that stop at different lengths need ``synced_gpus=True`` (finished ranks keep stepping)."""
+    n = 3 if ctx.rank == 0 else 7  # without synced_gpus rank 1 would wait forever on rank 0
+    ids = torch.tensor([[5, 6, 7]])
+    out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                         synced_gpus=ctx.distributed, pad_token_id=0)  # fmt: skip
+    return int(out.shape[1] - ids.shape[1])
+
+
 def worker(model_dir: str, out: Path) -> None:
     """Body of each torchrun rank: every check, results to out/rank<r>.json and out/*.pt."""
     ctx = init_distributed()
@@ -132,6 +148,10 @@ def worker(model_dir: str, out: Path) -> None:
         res[f"{case}_synced_early"] = r["synced_early"]
         if case == "fsdp2":  # all ranks call; rank 0 writes the gathered full model
             save_pretrained(r["model"], out / "fsdp2-saved", ctx)
+            full = full_state_dict(r["model"], ctx, all_ranks=True)
+            assert full is not None
+            res["fsdp2_full_sum"] = float(sum(t.double().sum() for t in full.values()))
+            res["fsdp2_generated"] = fsdp2_generate(r["model"], ctx)
         if ctx.is_main:
             keep = {k: r[k] for k in ("loss", "grads", "params", "grad_norm")}
             torch.save(keep, out / f"{case}.pt")
@@ -212,6 +232,12 @@ def test_two_ranks_equal_single_process_step(
 def test_ddp_accumulation_does_not_all_reduce_early(two_ranks: Path) -> None:
     for case in ("ddp", "ddp_lora"):
         assert [r[f"{case}_synced_early"] for r in _ranks(two_ranks)] == [False, False]
+
+
+def test_fsdp2_full_state_on_all_ranks_and_synced_generate(two_ranks: Path) -> None:
+    r0, r1 = _ranks(two_ranks)
+    assert r0["fsdp2_full_sum"] == r1["fsdp2_full_sum"]
+    assert (r0["fsdp2_generated"], r1["fsdp2_generated"]) == (3, 7)
 
 
 def test_fsdp2_save_pretrained_writes_the_full_model(two_ranks: Path) -> None:

@@ -370,6 +370,12 @@ def wrap_model(
         raise ConfigError(
             f"fsdp2: found no decoder layers in {type(model).__name__} (no `_no_split_modules`)"
         )
+    # fully_shard keeps this rank's slice of its local tensors; unlike DDP it does not
+    # broadcast, so a rank whose init differed (e.g. LoRA seeded differently) would silently
+    # contribute a different slice. Start every rank from rank 0's weights.
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            dist.broadcast(t, src=0)
     for layer in layers:
         fully_shard(layer, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
@@ -422,19 +428,22 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
     return float(full() if full is not None else norm)
 
 
-def full_state_dict(model: Any, ctx: DistContext) -> dict[str, torch.Tensor] | None:
-    """The unsharded CPU state dict on rank 0 (None elsewhere). Collective under FSDP2:
-    every rank must call it."""
+def full_state_dict(
+    model: Any, ctx: DistContext, all_ranks: bool = False
+) -> dict[str, torch.Tensor] | None:
+    """The unsharded state dict on rank 0 (on CPU; None elsewhere), or on every rank (on its
+    device) with `all_ranks`, e.g. to feed each rank's colocated vLLM engine. Collective under
+    FSDP2: every rank must call it."""
     if _is_fsdp2(model):
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_model_state_dict,
         )
 
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=not all_ranks)
         sd = get_model_state_dict(model, options=opts)
-        return dict(sd) if ctx.is_main else None  # type: ignore[arg-type]
-    return unwrap(model).state_dict() if ctx.is_main else None
+        return dict(sd) if ctx.is_main or all_ranks else None  # type: ignore[arg-type]
+    return unwrap(model).state_dict() if ctx.is_main or all_ranks else None
 
 
 def save_pretrained(model: Any, out_dir: str | Path, ctx: DistContext) -> None:
