@@ -23,6 +23,7 @@ from verirl.algos import (
     group_has_signal,
     grpo_advantages,
     kl_penalty,
+    kl_shaped_rewards,
     last_token_rewards,
     masked_mean,
     masked_whiten,
@@ -517,3 +518,65 @@ def test_adapters_disabled_gives_the_base_model_with_peft():
     with adapters_disabled(model):
         close(model(x).detach(), want)
     assert not torch.allclose(model(x), want)  # adapters back on afterwards
+
+
+def test_kl_shaped_rewards():
+    mask = torch.tensor([[0, 1, 1, 1, 0]])
+    kl = torch.tensor([[9.0, 0.5, -0.5, 1.0, 9.0]])  # k1 can be negative; outside the mask: junk
+    out = kl_shaped_rewards(torch.tensor([2.0]), mask, kl, beta=0.1)
+    close(out, [[0.0, -0.05, 0.05, 2.0 - 0.1, 0.0]])
+    close(kl_shaped_rewards(torch.tensor([2.0]), mask, None, beta=0.1), [[0, 0, 0, 2.0, 0]])
+
+
+def test_masked_whiten_bf16_in_float32():
+    x = torch.tensor([1.0, 3.0, 9.0], dtype=torch.bfloat16)
+    out = masked_whiten(x, torch.tensor([1, 1, 0]))
+    assert out.dtype == torch.float32
+    close(out, [-1 / math.sqrt(2), 1 / math.sqrt(2), 0.0])
+
+
+def test_ema_update_only_trainable_skips_frozen_parameters():
+    ref, pol = nn.Linear(2, 2), nn.Linear(2, 2)
+    pol.weight.requires_grad_(False)  # like a LoRA model's frozen base
+    w0, b0 = ref.weight.detach().clone(), ref.bias.detach().clone()
+    ema_update(ref, pol, decay=0.5, only_trainable=True)
+    assert torch.equal(ref.weight, w0)
+    close(ref.bias.detach(), 0.5 * b0 + 0.5 * pol.bias.detach())
+
+
+# --- the pieces together: multi-epoch GRPO on a 4-armed bandit ---------------------------------
+
+
+def _bandit_grpo(beta: float, epochs: int = 6, clip: float = 0.2) -> tuple[float, list[float]]:
+    """One GRPO batch (group of 16 one-token answers, arm 2 correct), several epochs against the
+    sampling policy π_old, KL(k3) to the initial policy in the loss. Returns (p(arm 2), clip
+    fraction per epoch)."""
+    theta = torch.zeros(4, requires_grad=True)
+    opt = torch.optim.SGD([theta], lr=0.5)
+    arms = torch.arange(4).repeat(4).unsqueeze(1)  # [16, 1] the sampled tokens
+    mask = torch.ones(16, 1)
+    adv = grpo_advantages((arms[:, 0] == 2).float(), group_size=16)  # [16]
+    old_logp = ref_logp = token_logprobs(theta.detach().expand(16, 1, 4), arms)  # [16, 1]
+    clip_fracs = []
+    for _ in range(epochs):
+        logp = token_logprobs(theta.expand(16, 1, 4), arms)
+        pg, clipped = clipped_policy_loss(logp, old_logp, adv, mask, clip, clip + 0.08)
+        per_token = pg + beta * kl_penalty(logp, ref_logp, "k3")
+        loss = aggregate_loss(per_token, mask, "token-mean")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        clip_fracs.append(masked_mean(clipped.float(), mask).item())
+    return torch.softmax(theta.detach(), -1)[2].item(), clip_fracs
+
+
+def test_multi_epoch_grpo_learns_clips_and_kl_holds_back():
+    p6, clip_fracs = _bandit_grpo(beta=0.0)
+    assert p6 > 0.4  # from 0.25
+    assert clip_fracs[0] == 0.0  # epoch 1: π_θ = π_old, ratio 1
+    assert clip_fracs[-1] == 1.0  # by epoch 6 every token has left the trust region
+    # ... so more epochs on the same batch change nothing; without clipping they keep going.
+    assert _bandit_grpo(beta=0.0, epochs=20)[0] == p6
+    assert _bandit_grpo(beta=0.0, epochs=20, clip=100.0)[0] > p6 + 0.1
+    p_kl, _ = _bandit_grpo(beta=1.0)
+    assert 0.25 < p_kl < p6  # the KL term to π_ref pulls back

@@ -9,6 +9,7 @@ from verirl.algos.advantages import (
     gae_advantages,
     group_has_signal,
     grpo_advantages,
+    kl_shaped_rewards,
     last_token_rewards,
     masked_whiten,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "kl_k2",
     "kl_k3",
     "kl_penalty",
+    "kl_shaped_rewards",
     "last_token_rewards",
     "masked_mean",
     "masked_whiten",

@@ -103,6 +103,27 @@ def last_token_rewards(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return hit.to(s.dtype) * s.unsqueeze(1)
 
 
+def kl_shaped_rewards(
+    scores: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None, beta: float
+) -> torch.Tensor:
+    """PPO-RLHF token rewards with the KL *in the reward* (Ziegler et al. 2019; Ouyang et al.
+    2022, eq. 2): r_t = −β·KL_t + [t = last] · score.
+
+    scores: [B]; mask, kl: [B, T] (kl from ``kl_penalty``, usually "k1" on the sampling policy's
+    log-probs, so it carries no gradient; it is detached here). ``kl=None`` or β = 0 gives the
+    sparse ``last_token_rewards``. Returns [B, T], 0 outside the mask. With the KL in the *loss*
+    instead (GRPO), leave it out here and add β·KL_t to the per-token loss.
+
+    >>> kl_shaped_rewards(torch.tensor([1.0]), torch.tensor([[1, 1]]),
+    ...                   torch.tensor([[0.5, 2.0]]), beta=0.5).tolist()
+    [[-0.25, 0.0]]
+    """
+    r = last_token_rewards(scores, mask)  # [B, T]
+    if kl is None or beta == 0.0:
+        return r
+    return r - beta * kl.detach().to(r.dtype) * (mask > 0).to(r.dtype)
+
+
 def gae_advantages(
     token_rewards: torch.Tensor,
     values: torch.Tensor,
@@ -146,11 +167,13 @@ def masked_whiten(
 
     x' = (x − μ) / sqrt(σ² + ε), plus μ back when ``shift_mean=False`` (scale only, as TRL and
     verl do for returns). μ and σ² are the mean and unbiased variance over entries with mask = 1.
-    Entries outside the mask are set to 0. x, mask: same shape; returns that shape.
+    Entries outside the mask are set to 0. x, mask: same shape; returns that shape, float32
+    (or float64).
 
     >>> masked_whiten(torch.tensor([1.0, 3.0, 9.0]), torch.tensor([1, 1, 0])).tolist()
     [-0.7071..., 0.7071..., 0.0]
     """
+    x = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 statistics are too coarse
     m = (mask > 0).to(x.dtype)
     n = m.sum()
     mean = (x * m).sum() / n.clamp(min=1)

@@ -40,12 +40,17 @@ def adapters_disabled(policy: Any) -> AbstractContextManager[Any]:
 
 
 @torch.no_grad()
-def ema_update(ref_model: nn.Module, policy_model: nn.Module, decay: float) -> None:
+def ema_update(
+    ref_model: nn.Module, policy_model: nn.Module, decay: float, *, only_trainable: bool = False
+) -> None:
     """In place, without grad: θ_ref ← d·θ_ref + (1 − d)·θ_policy for every parameter.
 
     Parameters are matched by name (a mismatch is a ValueError, never a silent zip); the policy's
     values are cast to the reference's dtype/device, so a bf16 reference may track an fp32
     policy. d = 1 keeps the reference frozen, d = 0 copies the policy. Buffers are not averaged.
+    ``only_trainable=True`` skips parameters the policy does not train (a LoRA model's frozen
+    base): when the reference started as a copy of the policy they are equal already, and
+    averaging them would cost a pass over every base weight per step.
 
     >>> ref, pol = nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False)
     >>> _ = ref.weight.data.fill_(1.0), pol.weight.data.fill_(3.0)
@@ -61,6 +66,8 @@ def ema_update(ref_model: nn.Module, policy_model: nn.Module, decay: float) -> N
         missing = sorted(ref_params.keys() ^ pol_params.keys())[:5]
         raise ValueError(f"reference and policy parameters differ, e.g. {missing}")
     for name, ref in ref_params.items():
+        if only_trainable and not pol_params[name].requires_grad:
+            continue
         src = pol_params[name].detach().to(device=ref.device, dtype=ref.dtype)
         if src.shape != ref.shape:
             raise ValueError(
