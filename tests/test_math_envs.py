@@ -153,7 +153,9 @@ def test_cli_score_math(tmp_path):
         "format_error",
     ]
     assert [g["reward"] for g in got] == [1.0, 0.0, 1.0, 0.0, 0.0]
-    assert all(g["detail"] and g["completion"] == r["completion"] for g, r in zip(got, rows))
+    assert all(
+        g["detail"] and g["completion"] == r["completion"] for g, r in zip(got, rows, strict=True)
+    )
 
 
 def test_cli_score_math_bad_input_exits_2_and_writes_nothing(tmp_path):
