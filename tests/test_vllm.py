@@ -29,8 +29,18 @@ PROMPTS = ["1+1=", "12+30=", "7*6="]
 def engine(tiny_model_dir):
     from verirl.rollout.vllm import VLLMRolloutEngine
 
+    threads, set_threads = torch.get_num_threads(), torch.set_num_threads
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
     # A small explicit KV cache: vLLM on CPU otherwise reserves a share of host RAM.
     eng = VLLMRolloutEngine(tiny_model_dir, kv_cache_gib=0.0625, max_num_seqs=32)
+    # What the start did to the trainer's process, checked by test_engine_start_...
+    eng.host_effects = {
+        "threads": (threads, torch.get_num_threads()),
+        "set_num_threads_restored": torch.set_num_threads is set_threads,
+        "rng_untouched": torch.equal(torch.rand(3), expected),
+    }
     yield eng
     eng.close()
 
@@ -48,6 +58,15 @@ def trainer_logprobs(model, prompt, completion):
     with torch.no_grad():
         logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
+
+
+def test_engine_start_leaves_trainer_threads_and_rng_alone(engine):
+    # vLLM's CPU worker drops torch to 1 thread, disables set_num_threads and re-seeds the RNGs.
+    before, after = engine.host_effects["threads"]
+    assert after == before
+    assert engine.host_effects["set_num_threads_restored"]
+    assert engine.host_effects["rng_untouched"]
+    assert engine.start_seconds > 0
 
 
 def test_generate_shapes_seeds_and_logprobs_match_model(engine, fresh):

@@ -211,6 +211,7 @@ class _PreserveHostState:
         self.threads = torch.get_num_threads()
         self.set_threads = torch.set_num_threads
         self.rng = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
 
     def __exit__(self, *exc: object) -> None:
         import numpy as np
@@ -221,6 +222,8 @@ class _PreserveHostState:
         random.setstate(self.rng[0])
         np.random.set_state(self.rng[1])
         torch.random.set_rng_state(self.rng[2])
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
 
 
 class VLLMRolloutEngine(RolloutEngine):
