@@ -124,6 +124,8 @@ def test_gae_by_hand():
     adv2, ret2 = gae_advantages(r2, v2, m2, gamma=0.9, gae_lambda=0.8)
     close(adv2, [[0, 0.21712, 0.246, 0.3, 0]])
     close(ret2, [[0, 0.71712, 0.846, 1.0, 0]])
+    nan_out = torch.tensor([[float("nan"), 0.5, 0.6, 0.7, float("inf")]])
+    close(gae_advantages(r2, nan_out, m2.bool(), gamma=0.9, gae_lambda=0.8)[0], adv2)
     # A masked-out gap inside the response (e.g. tool output) is skipped, not a step.
     m3 = torch.tensor([[1, 0, 1, 1]])
     adv3, _ = gae_advantages(
@@ -159,6 +161,7 @@ def test_masked_whiten():
     # mean 2, unbiased var ((1)^2 + (1)^2)/1 = 2.
     close(masked_whiten(x, m), [-1 / math.sqrt(2), 1 / math.sqrt(2), 0.0])
     close(masked_whiten(x, m, shift_mean=False), [2 - 1 / math.sqrt(2), 2 + 1 / math.sqrt(2), 0.0])
+    close(masked_whiten(torch.tensor([1.0, 3.0, float("nan")]), m), masked_whiten(x, m))
     g = torch.Generator().manual_seed(2)
     big = torch.randn(3, 9, generator=g) * 5 + 3
     bm = torch.rand(3, 9, generator=g) > 0.3
@@ -374,6 +377,13 @@ def test_aggregations_on_ragged_mask_by_hand():
         ValueError, match="token-mean, seq-mean-token-mean, seq-mean-token-sum-norm"
     ):
         aggregate_loss(LOSS, MASK, "seq-sum")
+
+
+@pytest.mark.parametrize("mode", list(LOSS_AGGREGATIONS))
+def test_aggregation_ignores_nan_at_padding_and_takes_bool_masks(mode):
+    bad = LOSS.clone()
+    bad[MASK == 0] = float("nan")
+    close(aggregate_loss(bad, MASK.bool(), mode), aggregate_loss(LOSS, MASK, mode).item())
 
 
 @pytest.mark.parametrize("mode", list(LOSS_AGGREGATIONS))

@@ -121,7 +121,7 @@ def kl_shaped_rewards(
     r = last_token_rewards(scores, mask)  # [B, T]
     if kl is None or beta == 0.0:
         return r
-    return r - beta * kl.detach().to(r.dtype) * (mask > 0).to(r.dtype)
+    return r - beta * torch.where(mask > 0, kl.detach().to(r.dtype), 0.0)
 
 
 def gae_advantages(
@@ -143,9 +143,11 @@ def gae_advantages(
     (or float64), detached, both 0 outside the mask. Not whitened: see ``masked_whiten``.
     """
     dtype = torch.promote_types(values.dtype, torch.float32)  # a bf16 critic: sum in float32
-    m = (mask > 0).to(dtype)  # [B, T]
-    v = values.detach().to(dtype) * m  # [B, T] critic targets carry no gradient
-    r = token_rewards.to(dtype) * m  # [B, T]
+    on = mask > 0  # [B, T]
+    m = on.to(dtype)
+    # where, not ·mask: whatever sits outside the mask (even NaN) must not leak in.
+    v = torch.where(on, values.detach().to(dtype), 0.0)  # [B, T] no gradient into the critic
+    r = torch.where(on, token_rewards.to(dtype), 0.0)  # [B, T]
     next_value = torch.zeros_like(v[:, 0])  # [B] V(s_{t+1}); 0 past the last token
     running = torch.zeros_like(v[:, 0])  # [B] A_{t+1}
     adv = torch.zeros_like(v)  # [B, T]
@@ -174,15 +176,16 @@ def masked_whiten(
     [-0.7071..., 0.7071..., 0.0]
     """
     x = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 statistics are too coarse
-    m = (mask > 0).to(x.dtype)
-    n = m.sum()
-    mean = (x * m).sum() / n.clamp(min=1)
+    on = mask > 0
+    x = torch.where(on, x, 0.0)
+    n = on.sum()
+    mean = x.sum() / n.clamp(min=1)
     # Bessel's correction as verl/TRL's masked_var; one valid entry has no spread: var = 0.
-    var = (((x - mean) * m) ** 2).sum() / (n - 1).clamp(min=1)
+    var = torch.where(on, (x - mean) ** 2, 0.0).sum() / (n - 1).clamp(min=1)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
-    return out * m
+    return torch.where(on, out, 0.0)
 
 
 # Group advantage estimators by name: (rewards [B], group_size, valid [B] | None) -> [B].

@@ -41,10 +41,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     >>> masked_mean(torch.tensor([[1.0, 2.0, 9.0]]), torch.tensor([[1, 1, 0]])).item()
     1.5
     """
-    m = mask.to(x.dtype)
+    m = mask > 0
+    x = torch.where(m, x, 0.0)
     if dim is None:
-        return (x * m).sum() / m.sum().clamp(min=1)
-    return (x * m).sum(dim) / m.sum(dim).clamp(min=1)
+        return x.sum() / m.sum().clamp(min=1)
+    return x.sum(dim) / m.sum(dim).clamp(min=1)
 
 
 def clipped_policy_loss(
@@ -72,7 +73,7 @@ def clipped_policy_loss(
     loss = -torch.min(surrogate, surrogate_clipped)
     m = mask > 0
     clipped = (surrogate_clipped < surrogate) & m
-    return loss * m.to(loss.dtype), clipped
+    return torch.where(m, loss, 0.0), clipped
 
 
 # --- aggregation: per-token losses [B, T] -> one scalar, by name -------------------------------
@@ -80,6 +81,11 @@ def clipped_policy_loss(
 # the WHOLE batch's counts when (loss, mask) is one micro-batch of an accumulated batch; then the
 # micro-batch losses sum exactly to the full-batch loss. Sequences with no masked tokens (filtered
 # groups, infra errors) do not count as sequences.
+
+
+def _masked(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # where, not loss·mask: a NaN/inf at a padding position must not turn the sum into NaN.
+    return torch.where(mask > 0, loss, 0.0)
 
 
 def _num_seqs(mask: torch.Tensor, num_seqs: float | None) -> torch.Tensor | float:
@@ -94,9 +100,8 @@ def agg_token_mean(
     num_seqs: float | None = None,
 ) -> torch.Tensor:
     """DAPO: Σ_{i,t} L_{i,t} / Σ_i |o_i| — every token weighs the same, long or short answer."""
-    m = mask.to(loss.dtype)
-    n = num_tokens if num_tokens is not None else m.sum().clamp(min=1)
-    return (loss * m).sum() / n
+    n = num_tokens if num_tokens is not None else (mask > 0).sum().clamp(min=1)
+    return _masked(loss, mask).sum() / n
 
 
 def agg_seq_mean_token_mean(
@@ -107,8 +112,7 @@ def agg_seq_mean_token_mean(
     num_seqs: float | None = None,
 ) -> torch.Tensor:
     """GRPO paper: 1/G Σ_i 1/|o_i| Σ_t L_{i,t} — each sequence weighs the same."""
-    m = mask.to(loss.dtype)
-    per_seq = (loss * m).sum(-1) / m.sum(-1).clamp(min=1)  # [B]
+    per_seq = _masked(loss, mask).sum(-1) / (mask > 0).sum(-1).clamp(min=1)  # [B]
     return per_seq.sum() / _num_seqs(mask, num_seqs)
 
 
@@ -122,9 +126,8 @@ def agg_seq_mean_token_sum_norm(
     """Dr. GRPO: 1/G Σ_i (Σ_t L_{i,t}) / L_max with a constant L_max (the generation budget),
     so no length bias. ``max_len`` defaults to T (verl's default); pass the budget (e.g.
     max_new_tokens) when micro-batches are trimmed to different widths."""
-    m = mask.to(loss.dtype)
     length = max_len if max_len is not None else loss.shape[-1]
-    return (loss * m).sum() / length / _num_seqs(mask, num_seqs)
+    return _masked(loss, mask).sum() / length / _num_seqs(mask, num_seqs)
 
 
 LOSS_AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
