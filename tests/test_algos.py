@@ -590,3 +590,30 @@ def test_multi_epoch_grpo_learns_clips_and_kl_holds_back():
     assert _bandit_grpo(beta=0.0, epochs=20, clip=100.0)[0] > p6 + 0.1
     p_kl, _ = _bandit_grpo(beta=1.0)
     assert 0.25 < p_kl < p6  # the KL term to π_ref pulls back
+
+
+# --- on a real (tiny) Qwen2 ----------------------------------------------------------------------
+
+
+def test_sft_loss_and_logprob_grads_on_tiny_qwen2(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(13)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    ids = torch.randint(2, 200, (2, 9))
+    labels = ids.clone()
+    labels[:, :4] = -100  # prompt
+    out = model(input_ids=ids, labels=labels)
+    logits = out.logits[:, :-1]  # position t predicts token t+1: the caller shifts
+    close(sft_loss(logits, labels[:, 1:]), out.loss.item(), atol=1e-5)
+    # The chunked custom backward gives the same parameter gradients as log_softmax + gather.
+    grads = []
+    for fn in (
+        lambda lg, tok: token_logprobs(lg, tok, chunk_tokens=5),
+        lambda lg, tok: torch.log_softmax(lg, -1).gather(-1, tok.unsqueeze(-1)).squeeze(-1),
+    ):
+        model.zero_grad()
+        lg = model(input_ids=ids).logits[:, :-1]
+        (fn(lg, ids[:, 1:]) * torch.linspace(-1, 1, 8)).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    close(grads[0], grads[1], atol=1e-5)
