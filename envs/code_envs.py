@@ -47,6 +47,12 @@ class _SandboxedEnv(Environment):
         self.data, self.sandbox_kind, self.workers = data, sandbox, workers
         self.batch_size, self.timeout, self.memory_mb = batch_size, timeout, memory_mb
         self._sandbox: Any = None
+        self._owns_sandbox = True
+
+    def attach_sandbox(self, sandbox: Any) -> None:
+        """Score through an existing (shared) sandbox; ``close()`` then leaves it open."""
+        self.close()
+        self._sandbox, self._owns_sandbox = sandbox, False
 
     def _pool(self, workers: int | None) -> Any:
         if self._sandbox is None:
@@ -61,9 +67,9 @@ class _SandboxedEnv(Environment):
         return self._sandbox
 
     def close(self) -> None:
-        if self._sandbox is not None:
+        if self._sandbox is not None and self._owns_sandbox:
             self._sandbox.close()
-            self._sandbox = None
+        self._sandbox, self._owns_sandbox = None, True
 
     def _file_rows(self) -> Sequence[Row]:
         if not self.data:

@@ -23,6 +23,8 @@ from verirl.sandboxes.engine import LABEL, client, image_present, image_tag, rea
 from verirl.sandboxes.sandbox import RUNNER_SOURCE, Job, RunResult, Sandbox, SandboxInfraError
 
 OWNER_LABEL = "verirl.owner_pid"
+STARTUP_S = 20.0  # runner start (python + preloads) on a loaded machine
+WATCHDOG_MARGIN_S = 3.0  # beyond a job's own timeout, enforced by the runner itself
 
 
 def _pid_alive(pid: int) -> bool:
@@ -156,7 +158,7 @@ class DockerPool(Sandbox):
 
     def _exec_in(self, ctr: Any, jobs: Sequence[Job]) -> tuple[dict[int, RunResult], bool]:
         api = self.client.api
-        batch = {"jobs": [j.wire() for j in jobs], "kill_all": True, "scratch": "/tmp"}
+        batch = {"jobs": [j.wire() for j in jobs], "kill_all": True, "wipe": True, "scratch": "/tmp"}
         try:
             eid = api.exec_create(
                 ctr.id,
@@ -171,9 +173,10 @@ class DockerPool(Sandbox):
         except Exception as e:
             raise SandboxInfraError(f"docker exec failed: {e}") from None
         raw: socket.socket = getattr(sock, "_sock", sock)
-        # The runner enforces each job's timeout; this outside deadline catches a runner that
-        # was stopped or wedged by a job.
-        deadline = time.monotonic() + sum(j.timeout + 1.0 for j in jobs) + 15.0
+        # The runner enforces each job's timeout; this outside deadline, re-armed at every line
+        # the runner prints, catches a runner that a job stopped or wedged.
+        deadline = time.monotonic() + STARTUP_S
+        lines_seen = 0
         out, err = bytearray(), bytearray()
         timed_out = False
         try:
@@ -200,6 +203,11 @@ class DockerPool(Sandbox):
                         break
                     (out if kind == 1 else err).extend(buf[8 : 8 + size])
                     del buf[: 8 + size]
+                lines = out.count(b"\n")
+                if lines > lines_seen:
+                    lines_seen = lines
+                    nxt = min(lines // 2, len(jobs) - 1)  # a start line and a result per job
+                    deadline = time.monotonic() + jobs[nxt].timeout + WATCHDOG_MARGIN_S
         except OSError as e:
             raise SandboxInfraError(f"docker exec stream broke: {e}") from None
         finally:

@@ -419,7 +419,7 @@ def run_job(i, job, opts):
     stdout, out_trunc = _read_capped(os.path.join(work, ".stdout"), out_cap)
     stderr, err_trunc = _read_capped(os.path.join(work, ".stderr"), out_cap)
     _rmtree(work)
-    if opts["kill_all"]:  # we own the whole sandbox: wipe what the job left elsewhere
+    if opts["wipe"]:  # we own the whole sandbox (a container): wipe what the job left there
         for d in (scratch, "/dev/shm"):
             for name in os.listdir(d) if os.path.isdir(d) else []:
                 p = os.path.join(d, name)
@@ -476,6 +476,7 @@ def main():
     opts = {
         "scratch": batch.get("scratch", "/tmp"),
         "kill_all": bool(batch.get("kill_all")),
+        "wipe": bool(batch.get("wipe")),
         "drop_to_uid": batch.get("drop_to_uid"),
         "report_cap": int(batch.get("report_cap", 4 << 20)),
     }
