@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-
 from verirl.envs.registry import make_env
 
 
@@ -33,7 +32,11 @@ def _broken(p: dict) -> str:
 def test_all_164_canonical_solutions_pass_in_docker(docker_pool, problems):
     assert len(problems) == 164
     res = _score(docker_pool, [p["canonical_solution"] for p in problems], problems)
-    bad = {p["task_id"]: r.detail[:200] for p, r in zip(problems, res) if r.status != "correct"}
+    bad = {
+        p["task_id"]: r.detail[:200]
+        for p, r in zip(problems, res, strict=True)
+        if r.status != "correct"
+    }
     assert not bad, bad
     assert all(r.reward == 1.0 for r in res)
 
@@ -53,7 +56,11 @@ def test_broken_solutions_fail_in_docker(docker_pool, problems):
 
 def test_all_164_canonical_solutions_pass_in_process_backend(process_sandbox, problems):
     res = _score(process_sandbox, [p["canonical_solution"] for p in problems], problems)
-    bad = {p["task_id"]: r.detail[:200] for p, r in zip(problems, res) if r.status != "correct"}
+    bad = {
+        p["task_id"]: r.detail[:200]
+        for p, r in zip(problems, res, strict=True)
+        if r.status != "correct"
+    }
     assert not bad, bad
 
 
