@@ -170,4 +170,9 @@ def load_suite(suite: str | Path, overrides: list[str] | None = None) -> SuiteCo
     path = resolve_suite_path(suite)
     data = deep_merge(read_yaml(path), parse_overrides(overrides or []))
     data.setdefault("name", path.stem)
-    return validate_config(SuiteConfig, data, str(path))
+    config = validate_config(SuiteConfig, data, str(path))
+    if config.vllm:  # fail at load, naming the key, not minutes later when the engine starts
+        from verirl.rollout.vllm import VLLMOptions
+
+        validate_config(VLLMOptions, config.vllm, f"{path}: vllm")
+    return config

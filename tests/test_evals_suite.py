@@ -178,6 +178,7 @@ def test_changing_ks_reuses_the_cache_but_changing_n_does_not(suite_run):
         (["bogus=1"], "unknown key 'bogus'"),
         (["sampling.top_q=0.5"], "unknown key 'sampling.top_q'"),
         (["n=0"], "'n'"),
+        (["vllm={gpu_mem: 0.5}"], "vllm: unknown key 'gpu_mem'"),
     ],
 )
 def test_bad_suite_exits_2_naming_the_key(extra, needle, tiny_model_dir, tmp_path, capsys):
