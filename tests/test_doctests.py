@@ -24,6 +24,8 @@ MODULES = [
     "verirl.rewards.format",
     "verirl.rewards.combine",
     "verirl.envs.math_envs",
+    "verirl.rewards.code",
+    "verirl.sandboxes.runner",
 ]
 
 
