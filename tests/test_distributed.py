@@ -39,6 +39,7 @@ from verirl.train.distributed import (
     shard_groups,
     shutdown,
     unwrap,
+    vllm_engine_options,
     wrap_model,
 )
 
@@ -192,14 +193,57 @@ def worker(model_dir: str, out: Path) -> None:
     shutdown(ctx)
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run the worker on 2 gloo ranks with torchrun (c10d rendezvous on a free port)."""
-    out = tmp_path_factory.mktemp("dist")
+def vllm_worker(model_dir: str, out: Path) -> None:
+    """Each rank: its own colocated vLLM engine samples its prompts; after one DDP step every
+    rank pushes the (identical) new weights into its engine."""
+    from transformers import AutoTokenizer
+
+    from verirl.rollout.base import SamplingParams
+    from verirl.rollout.vllm import VLLMRolloutEngine
+    from verirl.train.model import forward_logits, pack
+    from verirl.train.objectives import aggregate_loss, token_logprobs
+
+    ctx = init_distributed()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = wrap_model(load_model(model_dir, lora=False), ctx, "ddp")
+    engine = VLLMRolloutEngine(model_dir, tokenizer=tok, kv_cache_gib=0.0625, max_num_seqs=16)
+    prompts = ["1+1=", "12+30=", "7*6=", "5-2="]
+    mine = [prompts[i] for i in shard_groups(len(prompts), ctx)]
+    sampled = SamplingParams(max_new_tokens=6, temperature=1.0, seed=rank_seed(0, ctx))
+    groups = engine.generate(mine, GROUP_SIZE, sampled)
+    greedy = SamplingParams(max_new_tokens=6, temperature=0.0)
+    before = engine.generate(["1+1="], 1, greedy)[0][0].logprobs
+    # one step of likelihood on this rank's own samples (enough to move the weights)
+    flat = [c for g in groups for c in g]
+    batch = pack([c.prompt_token_ids for c in flat], [c.token_ids for c in flat], 0, "cpu")
+    logits, _ = forward_logits(model, batch)
+    nll = -token_logprobs(logits, batch.targets)
+    aggregate_loss(nll, batch.mask, "token-mean", loss_normalizer(batch.mask.sum(), ctx)).backward()
+    torch.optim.SGD(model.parameters(), lr=0.5).step()
+    engine.update_weights(unwrap(model))
+    after = engine.generate(["1+1="], 1, greedy)[0][0]
+    res = {"prompts": mine, "texts": [c.text for c in flat], "before": before,
+           "after_ids": after.token_ids, "after": after.logprobs}  # fmt: skip
+    everyone = gather_objects(res, ctx, to_all=True)
+    if ctx.is_main:
+        (out / "vllm.json").write_text(json.dumps(everyone))
+    engine.close()
+    shutdown(ctx)
+
+
+def launch(model_dir: Path, out: Path, mode: str) -> None:
+    """This file as the worker of 2 gloo ranks (torchrun, c10d rendezvous on a free port)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           "2", __file__, str(tiny_model_dir), str(out)]  # fmt: skip
+           "2", __file__, mode, str(model_dir), str(out)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every 2-rank check in one launch (start-up dominates on CPU)."""
+    out = tmp_path_factory.mktemp("dist")
+    launch(tiny_model_dir, out, "core")
     return out
 
 
@@ -359,6 +403,26 @@ def test_per_rank_workers_split_the_machine_pool() -> None:
         per_rank_workers(0, DistContext())
 
 
+def test_doctests() -> None:
+    import doctest
+
+    import verirl.train.distributed as mod
+
+    assert doctest.testmod(mod).failed == 0
+
+
+def test_tensor_parallel_groups_share_generation_prompts() -> None:
+    ctxs = [DistContext(rank=r, world_size=4, local_rank=r % 2, local_world_size=2)
+            for r in range(4)]  # fmt: skip
+    gen = [list(shard_groups(8, c, tensor_parallel_size=2)) for c in ctxs]
+    assert gen == [[0, 1, 2, 3], [0, 1, 2, 3], [4, 5, 6, 7], [4, 5, 6, 7]]
+    for c, g in zip(ctxs, gen, strict=True):  # each rank trains on its own part of its group's
+        assert set(shard_groups(8, c)) <= set(g)
+    with pytest.raises(ConfigError, match="a tensor-parallel group lives on one node"):
+        shard_groups(8, ctxs[0], tensor_parallel_size=4)  # 4 > 2 processes per node
+    assert vllm_engine_options(DistContext()) == {}
+
+
 def test_main_only_and_micro_batches() -> None:
     calls: list[int] = []
     f = main_only(lambda: calls.append(1) or "done")
@@ -368,5 +432,19 @@ def test_main_only_and_micro_batches() -> None:
     assert [last for _, last in micro_batches(3, 8)] == [True]
 
 
-if __name__ == "__main__":  # torchrun worker (see the `two_ranks` fixture)
-    worker(sys.argv[1], Path(sys.argv[2]))
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_two_ranks_each_with_a_colocated_vllm_engine(tiny_model_dir: Path, tmp_path: Path) -> None:
+    launch(tiny_model_dir, tmp_path, "vllm")
+    r0, r1 = json.loads((tmp_path / "vllm.json").read_text())
+    assert r0["prompts"] + r1["prompts"] == ["1+1=", "12+30=", "7*6=", "5-2="]
+    assert len(r0["texts"]) == len(r1["texts"]) == 2 * GROUP_SIZE
+    assert r0["before"] == pytest.approx(r1["before"], abs=1e-5)  # same start weights
+    # after the step both engines hold the same (DDP-synchronised) weights, and new ones
+    assert r0["after_ids"] == r1["after_ids"]
+    assert r0["after"] == pytest.approx(r1["after"], abs=1e-4)
+    assert r0["after"][0] != pytest.approx(r0["before"][0], abs=1e-3)
+
+
+if __name__ == "__main__":  # torchrun worker: MODE MODEL_DIR OUT_DIR
+    {"core": worker, "vllm": vllm_worker}[sys.argv[1]](sys.argv[2], Path(sys.argv[3]))

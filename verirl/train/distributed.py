@@ -141,15 +141,20 @@ def rank_seed(seed: int, ctx: DistContext) -> int:
 # ---------------------------------------------------------------- data sharding
 
 
-def shard_groups(num_prompts: int, ctx: DistContext) -> range:
+def shard_groups(num_prompts: int, ctx: DistContext, tensor_parallel_size: int = 1) -> range:
     """Indices of the prompts of this step's global batch that this rank generates for.
 
     Every rank derives the same global prompt list from (seed, step), keeps a contiguous block
     of ``num_prompts / world_size`` prompts and samples all G completions of each of them, so
     every GRPO group lives on one rank and its advantages equal the single-process ones.
+    With vLLM tensor parallelism the t ranks of one TP group run one engine together and must
+    submit the same prompts: pass t to get the group's block (t times as long) for generation;
+    each rank then trains on its own ``shard_groups(num_prompts, ctx)`` within it.
 
     >>> shard_groups(8, DistContext(rank=1, world_size=4))
     range(2, 4)
+    >>> shard_groups(8, DistContext(rank=1, world_size=4, local_world_size=4), 2)
+    range(0, 4)
     """
     if num_prompts % ctx.world_size:
         raise ConfigError(
@@ -157,8 +162,41 @@ def shard_groups(num_prompts: int, ctx: DistContext) -> range:
             f" which does not split evenly over {ctx.world_size} ranks: make it a multiple of"
             " the world size"
         )
-    k = num_prompts // ctx.world_size
-    return range(ctx.rank * k, (ctx.rank + 1) * k)
+    _check_tp(tensor_parallel_size, ctx)
+    k = num_prompts // ctx.world_size * tensor_parallel_size
+    group = ctx.rank // tensor_parallel_size
+    return range(group * k, (group + 1) * k)
+
+
+def _check_tp(tp: int, ctx: DistContext) -> None:
+    if tp < 1 or ctx.world_size % tp or (tp > 1 and ctx.local_world_size % tp):
+        raise ConfigError(
+            f"rollout.vllm.tensor_parallel_size={tp} must divide the world size"
+            f" ({ctx.world_size}) and the processes per node ({ctx.local_world_size}):"
+            " a tensor-parallel group lives on one node"
+        )
+
+
+def vllm_engine_options(ctx: DistContext, tensor_parallel_size: int = 1) -> dict[str, Any]:
+    """Extra ``vllm.LLM`` arguments for one colocated engine per rank under torchrun.
+
+    vLLM's ``external_launcher`` executor joins torchrun's world instead of starting its own:
+    each rank's engine runs on its own device (LOCAL_RANK), consecutive groups of
+    `tensor_parallel_size` ranks shard one model, and the groups are independent data-parallel
+    replicas. Ranks of one TP group need the same seed and prompts (see ``shard_groups``); the
+    plain uni-process executor would put every rank's engine on GPU 0. Nothing for 1 process.
+
+    >>> vllm_engine_options(DistContext())
+    {}
+    """
+    _check_tp(tensor_parallel_size, ctx)
+    if not ctx.distributed:
+        return {}
+    return {
+        "distributed_executor_backend": "external_launcher",
+        "tensor_parallel_size": tensor_parallel_size,
+        "seed": ctx.rank // tensor_parallel_size,
+    }
 
 
 def micro_batches(n: int, micro: int) -> Iterator[tuple[slice, bool]]:
