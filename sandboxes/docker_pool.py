@@ -158,7 +158,12 @@ class DockerPool(Sandbox):
 
     def _exec_in(self, ctr: Any, jobs: Sequence[Job]) -> tuple[dict[int, RunResult], bool]:
         api = self.client.api
-        batch = {"jobs": [j.wire() for j in jobs], "kill_all": True, "wipe": True, "scratch": "/tmp"}
+        batch = {
+            "jobs": [j.wire() for j in jobs],
+            "kill_all": True,
+            "wipe": True,
+            "scratch": "/tmp",
+        }
         try:
             eid = api.exec_create(
                 ctr.id,

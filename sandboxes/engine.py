@@ -113,16 +113,19 @@ def start_engine(wait_s: float = 60.0) -> None:
         raise EngineUnavailable("dockerd is not running and only root can start it")
     DOCKERD_LOG.parent.mkdir(parents=True, exist_ok=True)
     _log(f"starting dockerd (log: {DOCKERD_LOG})")
-    with open(DOCKERD_LOG, "ab") as log:
-        # setsid + no inherited stdio: the daemon must outlive `make` and its terminal.
-        subprocess.Popen(
-            ["dockerd"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            close_fds=True,
-        )
+    try:
+        with open(DOCKERD_LOG, "ab") as log:
+            # setsid + no inherited stdio: the daemon must outlive `make` and its terminal.
+            subprocess.Popen(
+                ["dockerd"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
+    except OSError as e:
+        raise EngineUnavailable(f"cannot start dockerd: {e}") from None
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if engine_running():

@@ -164,7 +164,13 @@ class Sandbox(ABC):
                 one(b)
         else:
             with ThreadPoolExecutor(self.workers) as pool:
-                list(pool.map(one, batches))
+                try:
+                    list(pool.map(one, batches))
+                except BaseException:
+                    # Ctrl-C: tear the sandboxes down now, so the worker threads return at
+                    # once instead of waiting out their batches.
+                    self.close()
+                    raise
         return [r if r is not None else RunResult(infra="no result") for r in out]
 
     def _run_resilient(self, jobs: list[Job]) -> list[RunResult]:
