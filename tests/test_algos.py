@@ -276,6 +276,27 @@ def test_token_logprobs_keeps_no_float32_vocab_copy_for_backward():
     assert ours <= logits.numel() * 2 + b * t * (8 + 4) < fp32_copy
 
 
+def test_token_logprobs_default_blocks_follow_the_vocabulary(monkeypatch):
+    import verirl.algos.logprobs as lp_mod
+
+    g = torch.Generator().manual_seed(14)
+    logits = torch.randn(3, 5, 40, generator=g)
+    tokens = torch.randint(0, 40, (3, 5), generator=g)
+    want = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    monkeypatch.setattr(lp_mod, "BLOCK_ELEMENTS", 40 * 3)  # 3 positions per block
+    assert list(lp_mod._blocks(3, 5, lp_mod._chunk(None, 40)))[:2] == [
+        (slice(0, 1), slice(0, 3)),
+        (slice(0, 1), slice(3, 6)),
+    ]
+    close(token_logprobs(logits, tokens), want)
+    p = torch.softmax(logits, -1)
+    close(entropy_from_logits(logits), -(p * p.log()).sum(-1))
+    with pytest.raises(ValueError, match="chunk_tokens must be >= 1"):
+        token_logprobs(logits, tokens, chunk_tokens=0)
+    with pytest.raises(ValueError, match="do not match"):
+        token_logprobs(logits, tokens[:, :4])
+
+
 def test_entropy_from_logits():
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(3, 4, 20, generator=g) * 3

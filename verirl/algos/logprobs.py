@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def _blocks(b: int, t: int, chunk_tokens: int) -> Iterator[tuple[slice, slice]]:
@@ -27,8 +28,18 @@ def _blocks(b: int, t: int, chunk_tokens: int) -> Iterator[tuple[slice, slice]]:
             yield slice(i, i + rows), slice(j, j + width)
 
 
-# Positions per block: 1024 × a 152k vocabulary × 4 bytes ≈ 0.6 GB of float32 at a time.
-CHUNK_TOKENS = 1024
+# Floats per block when chunk_tokens is not given: 2^25 × 4 bytes = 128 MiB per float32
+# temporary, i.e. 220 positions of a 152k vocabulary or 1024 of a 32k one. Blocks that size
+# still saturate a GPU; the limit matters for memory, not speed.
+BLOCK_ELEMENTS = 2**25
+
+
+def _chunk(chunk_tokens: int | None, vocab: int) -> int:
+    if chunk_tokens is None:
+        return max(1, BLOCK_ELEMENTS // max(vocab, 1))
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    return chunk_tokens
 
 
 def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
@@ -57,6 +68,7 @@ class _TokenLogprobs(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         logits, tokens, lse = ctx.saved_tensors
         tau = ctx.temperature
@@ -76,14 +88,15 @@ def token_logprobs(
     logits: torch.Tensor,
     tokens: torch.Tensor,
     *,
-    chunk_tokens: int = CHUNK_TOKENS,
+    chunk_tokens: int | None = None,
     temperature: float = 1.0,
 ) -> torch.Tensor:
     """log π(tokens[b, t]) = z_tok/τ − logsumexp_v z_v/τ.  logits [B, T, V], tokens [B, T] -> [B, T].
 
     float32 result (float64 for float64 logits) whatever the logits' dtype; ``temperature`` τ
     scores tokens under the distribution the sampler drew them from. Peak extra memory is about
-    2·chunk_tokens·V floats in forward and backward; autograd keeps only [B, T] floats besides
+    2·chunk_tokens·V floats in forward and backward (default: ``BLOCK_ELEMENTS // V``
+    positions per block); autograd keeps only [B, T] floats besides
     the logits themselves. Every token must be a valid id (no −100): mask the result instead.
 
     >>> token_logprobs(torch.zeros(1, 1, 4), torch.tensor([[2]])).tolist()  # log(1/4)
@@ -91,16 +104,15 @@ def token_logprobs(
     """
     if logits.shape[:-1] != tokens.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)}")
-    if chunk_tokens < 1:
-        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
-    out: torch.Tensor = _TokenLogprobs.apply(logits, tokens, chunk_tokens, temperature)
+    chunk = _chunk(chunk_tokens, logits.shape[-1])
+    out: torch.Tensor = _TokenLogprobs.apply(logits, tokens, chunk, temperature)
     return out
 
 
-def entropy_from_logits(logits: torch.Tensor, *, chunk_tokens: int = CHUNK_TOKENS) -> torch.Tensor:
+def entropy_from_logits(logits: torch.Tensor, *, chunk_tokens: int | None = None) -> torch.Tensor:
     """H = −Σ_v p_v log p_v = logsumexp(z) − Σ_v p_v z_v per position. [B, T, V] -> [B, T].
 
-    At least float32, in blocks of ``chunk_tokens`` positions. Meant for metrics: call it on
+    At least float32, in blocks of ``chunk_tokens`` positions (default as ``token_logprobs``). Meant for metrics: call it on
     ``logits.detach()`` (with grad, autograd keeps each block's softmax).
 
     >>> entropy_from_logits(torch.zeros(1, 1, 4)).tolist()  # uniform: log 4
@@ -108,7 +120,7 @@ def entropy_from_logits(logits: torch.Tensor, *, chunk_tokens: int = CHUNK_TOKEN
     """
     dtype = _compute_dtype(logits)
     out = torch.empty(logits.shape[:-1], dtype=dtype, device=logits.device)  # [B, T]
-    for r, c in _blocks(out.shape[0], out.shape[1], chunk_tokens):
+    for r, c in _blocks(out.shape[0], out.shape[1], _chunk(chunk_tokens, logits.shape[-1])):
         z = logits[r, c].to(dtype)  # [b, t, V]
         p = torch.softmax(z, dim=-1)
         out[r, c] = torch.logsumexp(z, dim=-1) - (p * z).sum(-1)
