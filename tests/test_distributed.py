@@ -21,6 +21,7 @@ from verirl.train.distributed import (
     DistContext,
     all_reduce_metrics,
     barrier,
+    broadcast_object,
     check_world_size,
     clip_grad_norm,
     dist_state,
@@ -165,6 +166,7 @@ def worker(model_dir: str, out: Path) -> None:
             f"status/{'correct' if ctx.rank == 0 else 'incorrect'}": float(n)}  # fmt: skip
     res["metrics"] = all_reduce_metrics(mine, ctx, counts=n)
     res["gathered"] = gather_objects({"rank": ctx.rank}, ctx)
+    res["broadcast"] = broadcast_object(f"run-of-rank-{ctx.rank}", ctx)
     # PPO whitening over both ranks' rows equals whitening the whole batch
     g = torch.Generator().manual_seed(7)
     x, mask = torch.randn(4, 5, generator=g), (torch.rand(4, 5, generator=g) > 0.3).float()
@@ -303,6 +305,7 @@ def test_two_rank_context_metrics_and_rank0_writing(two_ranks: Path) -> None:
             "status/incorrect": 3.0}  # fmt: skip
     assert r0["metrics"] == want and r1["metrics"] == want
     assert r0["gathered"] == [{"rank": 0}, {"rank": 1}] and r1["gathered"] is None
+    assert r0["broadcast"] == r1["broadcast"] == "run-of-rank-0"
     assert sorted(p.name for p in two_ranks.glob("written-by-*")) == ["written-by-0"]
     assert (r0["shard"], r1["shard"]) == ([0, 1], [2, 3])
     assert (r0["workers"], r1["workers"]) == (3, 2)

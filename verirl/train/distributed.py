@@ -41,14 +41,7 @@ T = TypeVar("T")
 
 STRATEGIES = ("none", "ddp", "fsdp2")
 # Variables torchrun sets for every worker; RANK alone marks "launched by torchrun".
-TORCHRUN_ENV = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-)
+TORCHRUN_ENV = "RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT".split()
 
 
 @dataclass(frozen=True)
