@@ -394,6 +394,13 @@ def test_aggregations_on_ragged_mask_by_hand():
     close(aggregate_loss(LOSS, MASK, "seq-mean-token-sum-norm"), (10 + 11 + 7) / 4 / 3)  # T = 4
     close(masked_mean(LOSS, MASK), 4.0)
     close(masked_mean(LOSS, MASK, dim=-1), [2.5, 5.5, 7.0, 0.0])
+    # Nothing left to train on (all groups filtered): 0, not NaN, even with global counts of 0.
+    for mode in LOSS_AGGREGATIONS:
+        empty = torch.zeros_like(MASK)
+        assert aggregate_loss(LOSS, empty, mode).item() == 0.0
+        assert aggregate_loss(LOSS, empty, mode, num_tokens=0, num_seqs=0).item() == 0.0
+    with pytest.raises(ValueError, match="max_len must be > 0"):
+        aggregate_loss(LOSS, MASK, "seq-mean-token-sum-norm", max_len=0)
     with pytest.raises(
         ValueError, match="token-mean, seq-mean-token-mean, seq-mean-token-sum-norm"
     ):

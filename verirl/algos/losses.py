@@ -88,8 +88,15 @@ def _masked(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask > 0, loss, 0.0)
 
 
+def _count(n: float | torch.Tensor) -> float | torch.Tensor:
+    # A batch with nothing left to train on (every group filtered) gives 0, not 0/0 = NaN.
+    return n.clamp(min=1) if isinstance(n, torch.Tensor) else max(n, 1)
+
+
 def _num_seqs(mask: torch.Tensor, num_seqs: float | None) -> torch.Tensor | float:
-    return num_seqs if num_seqs is not None else ((mask > 0).sum(-1) > 0).sum().clamp(min=1)
+    if num_seqs is not None:
+        return _count(num_seqs)
+    return ((mask > 0).sum(-1) > 0).sum().clamp(min=1)
 
 
 def agg_token_mean(
@@ -100,7 +107,7 @@ def agg_token_mean(
     num_seqs: float | None = None,
 ) -> torch.Tensor:
     """DAPO: Σ_{i,t} L_{i,t} / Σ_i |o_i| — every token weighs the same, long or short answer."""
-    n = num_tokens if num_tokens is not None else (mask > 0).sum().clamp(min=1)
+    n = _count(num_tokens) if num_tokens is not None else (mask > 0).sum().clamp(min=1)
     return _masked(loss, mask).sum() / n
 
 
@@ -124,9 +131,12 @@ def agg_seq_mean_token_sum_norm(
     num_seqs: float | None = None,
 ) -> torch.Tensor:
     """Dr. GRPO: 1/G Σ_i (Σ_t L_{i,t}) / L_max with a constant L_max (the generation budget),
-    so no length bias. ``max_len`` defaults to T (verl's default); pass the budget (e.g.
-    max_new_tokens) when micro-batches are trimmed to different widths."""
+    so no length bias; TRL's ``dr_grpo`` loss is the same (verl's omits the 1/G, a constant
+    factor). ``max_len`` defaults to T (verl's default); pass the budget (max_new_tokens) when
+    micro-batches are trimmed to different widths, or they are normalised differently."""
     length = max_len if max_len is not None else loss.shape[-1]
+    if length <= 0:
+        raise ValueError(f"max_len must be > 0, got {max_len}")
     return _masked(loss, mask).sum() / length / _num_seqs(mask, num_seqs)
 
 
