@@ -81,6 +81,7 @@ def summary(name: str, cases: list[dict[str, Any]], res: dict[str, Any]) -> dict
         "worst_s": res["times"][worst],
         "worst_item": worst,
         "startup_s": res["startup_s"],
+        "times": res["times"],
     }
 
 
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"vs gold {c['gold'][:30]!r} (label {c['expected']})"
             )
     if args.json:
-        Path(args.json).write_text(json.dumps({"verirl": ours, "math_verify": theirs}, indent=2))
+        Path(args.json).write_text(json.dumps({"verirl": ours, "math_verify": theirs}))
     return 0
 
 

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -78,6 +79,8 @@ def _zygote(ctrl_fd: int, memory_mb: int) -> None:
     symbolic_equiv(r"(1, 2]", r"\\{1, 2\\}")
     symbolic_equiv(r"\\sin^2 x + \\cos^2 x + \\log_2 8", r"4")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps killed workers
+    # Ctrl-C is the caller's to handle; zygote and workers exit when their sockets close.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctrl = socket.socket(fileno=ctrl_fd)
     while True:
         if not ctrl.recv(1):
@@ -117,7 +120,11 @@ class CheckerPool:
     """
 
     def __init__(
-        self, workers: int | None = None, timeout_s: float = 0.75, memory_mb: int = 2048
+        self,
+        workers: int | None = None,
+        timeout_s: float = 0.75,
+        memory_mb: int = 2048,
+        cache_size: int = 8192,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
@@ -130,21 +137,33 @@ class CheckerPool:
         self._zygote: subprocess.Popen[bytes] | None = None
         self._ctrl: socket.socket | None = None
         self._fork_lock = threading.Lock()
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, str], Verdict] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     def start(self, wait: bool = False) -> None:
         """Start the zygote and one worker now (in the background unless `wait`), so that the
         first symbolic check does not pay the ~1-2 s sympy import."""
-
-        def warm() -> None:
-            try:
-                self._release(self._acquire())
-            except Exception:  # a real failure surfaces again on the first check
-                pass
-
         if wait:
-            warm()
+            self._prefork()
         else:
-            threading.Thread(target=warm, name="math-checker-warmup", daemon=True).start()
+            threading.Thread(target=self._prefork, name="math-checker-fork", daemon=True).start()
+
+    def _prefork(self) -> None:
+        """Fork one idle worker if the pool has room and none is idle; never blocks on a busy
+        pool."""
+        with self._cond:
+            if self._closed or self._idle or self._live >= self.size:
+                return
+            self._live += 1
+        try:
+            worker = self._fork()
+        except Exception:  # a real failure surfaces again on the next check
+            with self._cond:
+                self._live -= 1
+                self._cond.notify()
+            return
+        self._release(worker)
 
     def _fork(self) -> _Worker:
         with self._fork_lock:
@@ -153,8 +172,13 @@ class CheckerPool:
             if self._zygote is None or self._zygote.poll() is not None:
                 ours, theirs = socket.socketpair()
                 code = f"from verirl.rewards.math_pool import _zygote; _zygote({theirs.fileno()}, {self.memory_mb})"
+                # the caller's sys.path, so a source checkout works like an install
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
                 self._zygote = subprocess.Popen(
-                    [sys.executable, "-c", code], pass_fds=[theirs.fileno()], close_fds=True
+                    [sys.executable, "-c", code],
+                    pass_fds=[theirs.fileno()],
+                    close_fds=True,
+                    env=env,
                 )
                 theirs.close()
                 self._ctrl = ours
@@ -185,17 +209,37 @@ class CheckerPool:
             raise
 
     def _release(self, worker: _Worker | None) -> None:
+        refill = False
         with self._cond:
             if worker is None or self._closed or self._live > self.size:
                 self._live -= 1
                 if worker is not None:
                     worker.kill()
+                refill = worker is None and not self._closed
             else:
                 self._idle.append(worker)
             self._cond.notify()
+        if refill:  # fork the replacement now, so the next check does not wait for it
+            self.start()
 
     def check(self, pred: str, gold: str) -> Verdict:
-        """One `symbolic_equiv(pred, gold)` under the deadline."""
+        """One `symbolic_equiv(pred, gold)` under the deadline; repeated pairs (a GRPO group
+        often repeats an answer) come from a small cache of definite verdicts."""
+        key = (pred, gold)
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        verdict = self._check_in_worker(pred, gold)
+        if verdict.status in ("correct", "incorrect") and self.cache_size > 0:
+            with self._cache_lock:
+                self._cache[key] = verdict
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return verdict
+
+    def _check_in_worker(self, pred: str, gold: str) -> Verdict:
         worker = self._acquire()
         keep = False
         try:
