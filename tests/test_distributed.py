@@ -29,10 +29,12 @@ from verirl.train.distributed import (
     gather_objects,
     global_masked_whiten,
     init_distributed,
+    load_full_state,
     loss_normalizer,
     main_only,
     micro_batches,
     no_sync_if,
+    optimizer_state_dict,
     per_rank_workers,
     rank_seed,
     restore_dist_state,
@@ -126,6 +128,7 @@ def train_step(ctx: DistContext, model_dir: str, strategy: str, lora: bool) -> d
         "synced_early": synced_early,
         "local_tokens": float(batch.mask.sum()),
         "model": model,
+        "opt": opt,
     }
 
 
@@ -137,6 +140,28 @@ def fsdp2_generate(model: Any, ctx: DistContext) -> int:
     out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                          synced_gpus=ctx.distributed, pad_token_id=0)  # fmt: skip
     return int(out.shape[1] - ids.shape[1])
+
+
+def fsdp2_resume(model: Any, opt: Any, model_dir: str, out: Path, ctx: DistContext) -> bool:
+    """Save full model+optimizer state (rank 0), load it into a fresh FSDP2 model on every
+    rank: the resumed states equal the saved ones."""
+    saved = {"model": full_state_dict(model, ctx), "opt": optimizer_state_dict(model, opt, ctx)}
+    if ctx.is_main:
+        torch.save(saved, out / "fsdp2-state.pt")
+    barrier(ctx)
+    state = torch.load(out / "fsdp2-state.pt", weights_only=False)
+    fresh = wrap_model(load_model(model_dir, lora=False), ctx, "fsdp2")
+    fresh_opt = torch.optim.AdamW([p for p in fresh.parameters() if p.requires_grad], lr=1e-2)
+    load_full_state(fresh, fresh_opt, state["model"], state["opt"])
+    again = {
+        "model": full_state_dict(fresh, ctx),
+        "opt": optimizer_state_dict(fresh, fresh_opt, ctx),
+    }
+    if not ctx.is_main:
+        return True
+    torch.testing.assert_close(again["model"], state["model"])
+    torch.testing.assert_close(again["opt"]["state"], state["opt"]["state"])
+    return bool(state["opt"]["state"])  # the step left Adam moments to restore
 
 
 def worker(model_dir: str, out: Path) -> None:
@@ -154,6 +179,7 @@ def worker(model_dir: str, out: Path) -> None:
             assert full is not None
             res["fsdp2_full_sum"] = float(sum(t.double().sum() for t in full.values()))
             res["fsdp2_generated"] = fsdp2_generate(r["model"], ctx)
+            res["fsdp2_resumed"] = fsdp2_resume(r["model"], r["opt"], model_dir, out, ctx)
         if ctx.is_main:
             keep = {k: r[k] for k in ("loss", "grads", "params", "grad_norm")}
             torch.save(keep, out / f"{case}.pt")
@@ -280,10 +306,11 @@ def test_ddp_accumulation_does_not_all_reduce_early(two_ranks: Path) -> None:
         assert [r[f"{case}_synced_early"] for r in _ranks(two_ranks)] == [False, False]
 
 
-def test_fsdp2_full_state_on_all_ranks_and_synced_generate(two_ranks: Path) -> None:
+def test_fsdp2_full_state_resume_and_synced_generate(two_ranks: Path) -> None:
     r0, r1 = _ranks(two_ranks)
     assert r0["fsdp2_full_sum"] == r1["fsdp2_full_sum"]
     assert (r0["fsdp2_generated"], r1["fsdp2_generated"]) == (3, 7)
+    assert r0["fsdp2_resumed"] and r1["fsdp2_resumed"]
 
 
 def test_fsdp2_save_pretrained_writes_the_full_model(two_ranks: Path) -> None:
@@ -393,6 +420,22 @@ def test_world_size_check_and_dist_state_single_process() -> None:
     a = torch.rand(2)
     restore_dist_state(state, ctx)
     torch.testing.assert_close(torch.rand(2), a)
+
+
+def test_full_state_round_trip_without_sharding() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    ctx = DistContext()
+    state = {"model": full_state_dict(model, ctx), "opt": optimizer_state_dict(model, opt, ctx)}
+    assert optimizer_state_dict(model, opt, DistContext(rank=1, world_size=2)) is None
+    fresh = torch.nn.Linear(3, 2)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    load_full_state(fresh, fresh_opt, state["model"], state["opt"])
+    torch.testing.assert_close(fresh.state_dict(), model.state_dict())
+    torch.testing.assert_close(fresh_opt.state_dict()["state"], opt.state_dict()["state"])
 
 
 def test_per_rank_workers_split_the_machine_pool() -> None:

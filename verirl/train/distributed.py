@@ -477,6 +477,49 @@ def full_state_dict(
     return unwrap(model).state_dict() if ctx.is_main or all_ranks else None
 
 
+def optimizer_state_dict(model: Any, opt: Any, ctx: DistContext) -> dict[str, Any] | None:
+    """The optimizer's full state on rank 0 for the checkpoint (None elsewhere). DDP keeps
+    identical copies on every rank; FSDP2's sharded state is gathered (collective)."""
+    if _is_fsdp2(model):
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        sd = get_optimizer_state_dict(model, opt, options=opts)
+        return dict(sd) if ctx.is_main else None  # type: ignore[arg-type]
+    return opt.state_dict() if ctx.is_main else None  # type: ignore[no-any-return]
+
+
+def load_full_state(
+    model: Any,
+    opt: Any,
+    model_state: Mapping[str, torch.Tensor] | None = None,
+    optim_state: Mapping[str, Any] | None = None,
+) -> None:
+    """Resume a wrapped model/optimizer from full (unsharded) states every rank has read from
+    the checkpoint; FSDP2 keeps each rank's shard (collective). The optimizer state must come
+    from a run with the same strategy (``optimizer_state_dict``'s format follows it)."""
+    if _is_fsdp2(model):
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True)
+        if model_state is not None:
+            set_model_state_dict(model, dict(model_state), options=opts)
+        if optim_state is not None:
+            set_optimizer_state_dict(model, opt, dict(optim_state), options=opts)
+        return
+    if model_state is not None:
+        unwrap(model).load_state_dict(model_state)
+    if optim_state is not None:
+        opt.load_state_dict(optim_state)
+
+
 def save_pretrained(model: Any, out_dir: str | Path, ctx: DistContext) -> None:
     """``save_pretrained`` of the (unwrapped, unsharded) model, written by rank 0 only; all
     ranks must call it (FSDP2 gathers shards) and leave after the files exist."""
