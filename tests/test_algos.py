@@ -78,6 +78,8 @@ def test_grpo_advantages_valid_mask_drops_samples():
     sd = math.sqrt(1 / 3)
     close(a, [(2 / 3) / sd, (-1 / 3) / sd, 0.0, (-1 / 3) / sd], atol=1e-5)
     assert (grpo_advantages(r, 4, valid=torch.zeros(4)) == 0).all()
+    r_nan = torch.tensor([1.0, 0.0, float("nan"), 0.0])  # whatever an invalid sample holds
+    close(grpo_advantages(r_nan, 4, valid=torch.tensor([1, 1, 0, 1])), a)
 
 
 def test_grpo_advantages_bad_shapes():

@@ -54,8 +54,9 @@ def grpo_advantages(
     >>> grpo_advantages(torch.tensor([1.0, 0.0]), 2, scale_by_std=False).tolist()
     [0.5, -0.5]
     """
-    r = _groups(rewards.float(), group_size)  # [P, G]
-    w = torch.ones_like(r) if valid is None else _groups(valid.float(), group_size)  # [P, G]
+    w = torch.ones_like(rewards, dtype=torch.float32) if valid is None else valid.float()
+    w = _groups(w, group_size)  # [P, G]
+    r = torch.where(w > 0, _groups(rewards.float(), group_size), 0.0)  # [P, G] invalid: even NaN
     n = w.sum(-1, keepdim=True)  # [P, 1] valid samples per group
     mean = (r * w).sum(-1, keepdim=True) / n.clamp(min=1)  # [P, 1]
     # A constant group must give exactly 0: its float32 mean can miss the common value by an ulp,
