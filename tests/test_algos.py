@@ -295,6 +295,8 @@ def test_token_logprobs_default_blocks_follow_the_vocabulary(monkeypatch):
     close(entropy_from_logits(logits), -(p * p.log()).sum(-1))
     with pytest.raises(ValueError, match="chunk_tokens must be >= 1"):
         token_logprobs(logits, tokens, chunk_tokens=0)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        token_logprobs(logits, tokens, temperature=0.0)
     with pytest.raises(ValueError, match="do not match"):
         token_logprobs(logits, tokens[:, :4])
 

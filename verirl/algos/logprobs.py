@@ -104,6 +104,8 @@ def token_logprobs(
     """
     if logits.shape[:-1] != tokens.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     chunk = _chunk(chunk_tokens, logits.shape[-1])
     out: torch.Tensor = _TokenLogprobs.apply(logits, tokens, chunk, temperature)
     return out
