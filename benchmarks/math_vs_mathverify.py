@@ -29,7 +29,8 @@ DEFAULT_CASES = Path(__file__).resolve().parent.parent / "tests" / "data" / "mat
 
 
 def run_verirl(cases: list[dict[str, Any]], workers: int, repeat: int) -> dict[str, Any]:
-    with CheckerPool(workers=workers) as pool:
+    # No verdict cache: the timed batch must not reuse the verdicts of the sequential pass.
+    with CheckerPool(workers=workers, cache_size=0) as pool:
         t0 = time.perf_counter()
         pool.start(wait=True)  # zygote start-up (sympy import), paid once per run
         startup = time.perf_counter() - t0

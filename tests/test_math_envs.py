@@ -138,7 +138,7 @@ def test_cli_score_math(tmp_path):
         {"completion": r"The answer is $\boxed{1{,}000}$.", "answer": "1000"},
         {"completion": r"\boxed{\frac{1}{2^{99}}}", "answer": r"\frac{1}{2^{98}}"},
         {"completion": r"\boxed{(x+1)^2}", "answer": "x^2+2x+1"},
-        {"completion": r"\boxed{9^{9^{9^{9}}}}", "answer": "1"},
+        {"completion": r"\boxed{9^{9^{9^{9}}}}", "answer": "1"},  # never evaluated: incorrect
         {"completion": "no idea", "answer": "3"},
     ]
     inp, out = _write(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
