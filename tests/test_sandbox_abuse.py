@@ -54,7 +54,7 @@ CASES: dict[str, tuple[str, set[str]]] = {
     ),
     "memory_bomb": ("def add(a, b):\n    x = bytearray(8 << 30)\n    return a + b\n", {"memory"}),
     "memory_growth": (
-        "def add(a, b):\n    l = []\n    while True:\n        l.append(b'x' * (1 << 20))\n",
+        "def add(a, b):\n    l = []\n    while True:\n        l.append(bytearray(16 << 20))\n",
         {"memory"},
     ),
     "output_flood": (
@@ -95,7 +95,11 @@ CASES: dict[str, tuple[str, set[str]]] = {
         {"incorrect"},
     ),
     "kill_parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n" + OK, {"error"}),
-    "kill_everything": ("import os, signal\nos.kill(-1, signal.SIGKILL)\n" + OK, {"error"}),
+    # Kills the runner where it may (Docker: same uid); elsewhere it kills nothing of ours.
+    "kill_everything": (
+        "import os, signal\nos.kill(-1, signal.SIGKILL)\n" + OK,
+        {"error", "correct"},
+    ),
     "stop_parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\n" + OK, {"error"}),
     # The honest answer with a double-forked daemon left running: correct, but it must die.
     "double_fork_daemon": (
@@ -176,14 +180,17 @@ def host_dir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture(params=["docker", "process"])
+@pytest.fixture(params=[pytest.param("docker", marks=pytest.mark.docker), "process"])
 def backend(request):
     if request.param == "docker":
-        request.applymarker(pytest.mark.docker)
-        if request.config.pluginmanager.get_plugin("vr_docker_plugin")._docker_error():
-            pytest.skip("NO DOCKER ENGINE (see the terminal summary)")
         return "docker", request.getfixturevalue("docker_pool")
-    return "process", request.getfixturevalue("process_sandbox")
+    # One runner at a time: concurrent process-backend samples share one uid's process budget
+    # (RLIMIT_NPROC), so a fork bomb could starve its neighbour (a documented weakness).
+    from verirl.sandboxes.process import ProcessSandbox
+
+    sb = ProcessSandbox(workers=1)
+    request.addfinalizer(sb.close)
+    return "process", sb
 
 
 def test_abuse_cases_get_honest_verdicts(backend, host_dir, monkeypatch):
