@@ -164,6 +164,59 @@ def fsdp2_resume(model: Any, opt: Any, model_dir: str, out: Path, ctx: DistConte
     return bool(state["opt"]["state"])  # the step left Adam moments to restore
 
 
+def grpo_run(ctx: DistContext, model_dir: str, out: Path, steps: int = 10) -> list[float]:
+    """A 2-rank GRPO loop built from the trainer's steps and this module's calls, on the toy
+    ASCII-fraction env of the trainer tests: returns the global reward_mean per step."""
+    import vr_train_envs
+    from transformers import AutoTokenizer
+
+    from verirl.rollout.base import SamplingParams
+    from verirl.rollout.hf import HFRolloutEngine
+    from verirl.train.model import forward_logits
+    from verirl.train.objectives import aggregate_loss, grpo_advantages, token_logprobs
+    from verirl.train.update import batch_rows, reward_stats, to_batch
+
+    env = vr_train_envs.AsciiFractionEnv()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    torch.manual_seed(0)
+    model = wrap_model(load_model(model_dir, lora=False), ctx, "ddp")
+    torch.manual_seed(rank_seed(0, ctx))  # ranks sample different completions
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
+    engine = HFRolloutEngine(unwrap(model), tok)
+    prompts_per_step, group = 4, 4
+    curve = []
+    for step in range(steps):
+        rows = batch_rows(env.rows(), step, prompts_per_step, seed=0)
+        rows = [rows[i] for i in shard_groups(len(rows), ctx)]
+        groups = engine.generate([env.prompt(r) for r in rows], group, SamplingParams(8))
+        results = env.score_batch([c.text for g in groups for c in g],
+                                  [r for r in rows for _ in range(group)], workers=1)  # fmt: skip
+        scored = reward_stats(results, (len(rows), group))
+        batch = to_batch(groups, tok.pad_token_id, "cpu")
+        adv = grpo_advantages(scored["rewards"], scored["valid"]).view(-1, 1) * batch.mask
+        n_tok = loss_normalizer(batch.mask.sum(), ctx)
+        opt.zero_grad()
+        for s, last in micro_batches(len(batch.targets), 4):
+            with no_sync_if(not last, model):
+                mb = batch.slice(s)
+                logp = token_logprobs(forward_logits(model, mb)[0], mb.targets)
+                loss = aggregate_loss(-adv[s, : logp.shape[1]] * logp, mb.mask, "token-mean", n_tok)
+                loss.backward()
+        clip_grad_norm(list(model.parameters()), 1.0)
+        opt.step()
+        n_ok = sum(r.counts_for_training for r in results)
+        row = all_reduce_metrics({"step": step + 1, **scored["stats"]}, ctx,
+                                 counts={"reward_mean": n_ok})  # fmt: skip
+        main_only(_append_jsonl)(out / "metrics.jsonl", row, ctx=ctx)
+        curve.append(row["reward_mean"])
+    return curve
+
+
+def _append_jsonl(path: Path, row: dict[str, float]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def worker(model_dir: str, out: Path) -> None:
     """Body of each torchrun rank: every check, results to out/rank<r>.json and out/*.pt."""
     ctx = init_distributed()
@@ -215,6 +268,7 @@ def worker(model_dir: str, out: Path) -> None:
         res["resize_error"] = None
     except UserError as e:
         res["resize_error"] = str(e)
+    res["grpo_curve"] = grpo_run(ctx, model_dir, out)
     res["shard"] = list(shard_groups(GROUPS, ctx))
     res["workers"] = per_rank_workers(5, ctx)
     (out / f"rank{ctx.rank}.json").write_text(json.dumps(res))
@@ -336,6 +390,17 @@ def test_two_rank_context_metrics_and_rank0_writing(two_ranks: Path) -> None:
     assert sorted(p.name for p in two_ranks.glob("written-by-*")) == ["written-by-0"]
     assert (r0["shard"], r1["shard"]) == ([0, 1], [2, 3])
     assert (r0["workers"], r1["workers"]) == (3, 2)
+
+
+def test_two_rank_grpo_raises_reward_and_rank0_logs(two_ranks: Path) -> None:
+    r0, r1 = _ranks(two_ranks)
+    curve = r0["grpo_curve"]
+    assert curve == r1["grpo_curve"]  # every rank sees the global metric
+    assert sum(curve[-3:]) / 3 - sum(curve[:3]) / 3 > 0.15, curve
+    rows = [json.loads(x) for x in (two_ranks / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 11))  # one line per step: rank 0 only
+    assert [r["reward_mean"] for r in rows] == curve
+    assert sum(rows[0][k] for k in rows[0] if k.startswith("status/")) == 16  # both ranks
 
 
 def test_global_whiten_equals_whole_batch(two_ranks: Path) -> None:
