@@ -149,7 +149,7 @@ def test_cli_score_math(tmp_path):
         "correct",
         "incorrect",
         "correct",
-        "timeout",
+        "incorrect",
         "format_error",
     ]
     assert [g["reward"] for g in got] == [1.0, 0.0, 1.0, 0.0, 0.0]
