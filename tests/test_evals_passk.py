@@ -80,7 +80,7 @@ def test_bootstrap_ci_contains_mean_and_is_deterministic():
     assert bootstrap_ci([0.2, 0.2]) == pytest.approx((0.2, 0.2))
 
 
-@pytest.mark.parametrize("name", ["passk", "report", "runner", "samples", "cli"])
+@pytest.mark.parametrize("name", ["passk", "report", "runner", "samples", "cli", "models"])
 def test_doctests(name):
     import importlib
 
