@@ -222,3 +222,20 @@ def test_chat_prompts_use_the_template_when_there_is_one(tiny_model_dir):
     assert runner.render_prompt(msgs, tok, "auto") == "<user>What is 2+3?<assistant>"
     assert runner.render_prompt(msgs, tok, "never") == "What is 2+3?"
     assert runner.render_prompt("2+3=", tok, "always") == "<user>2+3=<assistant>"
+
+
+def test_peft_adapter_directory_is_merged_and_sampled(tiny_model_dir, suite_run, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    lora.save_pretrained(tmp_path / "adapter")  # LoRA B starts at zero: merged == base
+    run_suite(SUITE, {"base": tmp_path / "adapter"}, tmp_path / "out", progress=False)
+
+    def texts(cache_dir: Path) -> list[list[str]]:
+        (cache,) = cache_dir.glob("base-*.jsonl")
+        return [[x["text"] for x in json.loads(line)["samples"]] for line in cache.open()]
+
+    # Same weights and seeds, so the very same completions as the plain base model.
+    assert texts(tmp_path / "out" / "cache") == texts(suite_run / "cache")
