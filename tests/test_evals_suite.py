@@ -193,7 +193,10 @@ def test_cli_usage_errors_exit_2(tiny_model_dir, tmp_path, capsys):
     assert "built-in: " in capsys.readouterr().err
     assert main(["eval", str(SUITE)]) == 2
     assert "--model" in capsys.readouterr().err
-    assert main(["eval", str(SUITE), "--model", str(tmp_path / "missing")]) == 2
+    assert (
+        main(["eval", str(SUITE), "--model", str(tmp_path / "missing"), "--out", str(tmp_path)])
+        == 2
+    )
     assert "could not be loaded" in capsys.readouterr().err
     too_big = str(SUITE), "envs=[{name: arithmetic, size: 50, options: {test_size: 12}}]"
     assert main(["eval", *too_big, "--model", str(tiny_model_dir), "--out", str(tmp_path)]) == 2
