@@ -192,7 +192,7 @@ def fast_equiv(pred: str, gold: str) -> bool | None:
         if pred_letter is not None:
             return pred_letter == gold_letter
     p, g = normalize(pred), normalize(gold)
-    if p == g and p:
+    if p and "".join(p.split()) == "".join(g.split()):  # spacing never changes a LaTeX value
         return True
     gn, pn = plain_number(g), plain_number(p)
     if gn is not None and pn is not None:
