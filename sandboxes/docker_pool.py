@@ -80,6 +80,7 @@ class DockerPool(Sandbox):
         self.session = secrets.token_hex(4)
         reap_stale(self.client)
         self._idle: queue.Queue[Any] = queue.Queue()
+        self._sessions: dict[str, _Session] = {}
         self._all: list[Any] = []
         for _ in range(self.workers):
             self._idle.put(self._create())
@@ -128,6 +129,8 @@ class DockerPool(Sandbox):
         if getattr(self, "_closed", True):
             return
         self._closed = True
+        for session in list(self._sessions.values()):
+            session.close()
         with self._lock:
             ctrs, self._all = list(self._all), []
         for ctr in ctrs:
@@ -140,15 +143,26 @@ class DockerPool(Sandbox):
         if self._closed:
             raise SandboxInfraError("docker sandbox is closed")
         ctr = self._idle.get()
-        healthy = True
+        state = "ok"
         try:
-            got, healthy = self._exec_in(ctr, jobs)
+            session = self._sessions.get(ctr.id) or _Session(self.client.api, ctr.id, self.user)
+            self._sessions[ctr.id] = session
+            got, state = session.run(jobs)
             return got
+        except SandboxInfraError:
+            state = "broken"
+            raise
         finally:
-            if healthy and not self._closed:
+            if state != "ok":
+                old = self._sessions.pop(ctr.id, None)
+                if old is not None:
+                    old.close()
+            if state in ("ok", "eof") and not self._closed:
+                # The runner died (a job killed it): the next session starts a fresh runner,
+                # which first kills whatever that job left behind.
                 self._idle.put(ctr)
             else:
-                # A container that hung or lost its runner is replaced, never reused.
+                # A container whose runner hung or broke is replaced, never reused.
                 self._discard(ctr)
                 if not self._closed:
                     try:
@@ -156,79 +170,88 @@ class DockerPool(Sandbox):
                     except SandboxInfraError:
                         pass
 
-    def _exec_in(self, ctr: Any, jobs: Sequence[Job]) -> tuple[dict[int, RunResult], bool]:
-        api = self.client.api
-        batch = {
-            "jobs": [j.wire() for j in jobs],
-            "kill_all": True,
-            "wipe": True,
-            "scratch": "/tmp",
-        }
+
+class _Session:
+    """A persistent runner (``serve`` mode) in one container: batches go in as JSON lines on
+    its stdin, results come back as JSON lines in docker's multiplexed stdout frames."""
+
+    def __init__(self, api: Any, container_id: str, user: str) -> None:
         try:
             eid = api.exec_create(
-                ctr.id,
-                ["python3", "-I", "-S", "-c", RUNNER_SOURCE],
+                container_id,
+                ["python3", "-I", "-S", "-c", RUNNER_SOURCE, "serve"],
                 stdin=True,
                 stdout=True,
                 stderr=True,
-                user=self.user,
+                user=user,
                 workdir="/tmp",
             )["Id"]
-            sock = api.exec_start(eid, socket=True)
+            self.sock = api.exec_start(eid, socket=True)
         except Exception as e:
             raise SandboxInfraError(f"docker exec failed: {e}") from None
-        raw: socket.socket = getattr(sock, "_sock", sock)
+        self.raw: socket.socket = getattr(self.sock, "_sock", self.sock)
+        self.buf, self.out, self.err = bytearray(), bytearray(), bytearray()
+        self.started = False
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except Exception:
+            pass
+
+    def _lines(self) -> list[bytearray]:
+        *lines, rest = self.out.split(b"\n")
+        self.out = bytearray(rest)
+        return lines
+
+    def run(self, jobs: Sequence[Job]) -> tuple[dict[int, RunResult], str]:
+        """Results by index and how it ended: ok | eof (runner died) | timeout."""
+        batch = {"jobs": [j.wire() for j in jobs], "kill_all": True, "wipe": True}
+        got: dict[int, RunResult] = {}
         # The runner enforces each job's timeout; this outside deadline, re-armed at every line
         # the runner prints, catches a runner that a job stopped or wedged.
-        deadline = time.monotonic() + STARTUP_S
-        lines_seen = 0
-        out, err = bytearray(), bytearray()
-        timed_out = False
+        deadline = time.monotonic() + (WATCHDOG_MARGIN_S if self.started else STARTUP_S)
+        deadline += jobs[0].timeout
         try:
-            raw.sendall(json.dumps(batch).encode())
-            raw.shutdown(socket.SHUT_WR)
-            buf = bytearray()
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    timed_out = True
+            self.raw.sendall(json.dumps(batch).encode() + b"\n")
+        except OSError:
+            return got, "eof"
+        any_line = False
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return got, "timeout"
+            self.raw.settimeout(left)
+            try:
+                chunk = self.raw.recv(1 << 16)
+            except TimeoutError:
+                return got, "timeout"
+            except OSError:
+                chunk = b""
+            if not chunk:
+                if not any_line and not self.started:
+                    msg = self.err.decode(errors="replace")[-500:]
+                    raise SandboxInfraError(f"sandbox runner failed to start: {msg}")
+                return got, "eof"
+            self.buf += chunk
+            while len(self.buf) >= 8:  # multiplexed frames: type, 0, 0, 0, be32 length
+                kind, size = self.buf[0], struct.unpack(">I", bytes(self.buf[4:8]))[0]
+                if len(self.buf) < 8 + size:
                     break
-                raw.settimeout(left)
+                (self.out if kind == 1 else self.err).extend(self.buf[8 : 8 + size])
+                del self.buf[: 8 + size]
+            for line in self._lines():
+                any_line = self.started = True
                 try:
-                    chunk = raw.recv(1 << 16)
-                except TimeoutError:
-                    timed_out = True
-                    break
-                if not chunk:
-                    break
-                buf += chunk
-                while len(buf) >= 8:  # docker's multiplexed frames: type, 0,0,0, be32 length
-                    kind, size = buf[0], struct.unpack(">I", bytes(buf[4:8]))[0]
-                    if len(buf) < 8 + size:
-                        break
-                    (out if kind == 1 else err).extend(buf[8 : 8 + size])
-                    del buf[: 8 + size]
-                lines = out.count(b"\n")
-                if lines > lines_seen:
-                    lines_seen = lines
-                    nxt = min(lines // 2, len(jobs) - 1)  # a start line and a result per job
-                    deadline = time.monotonic() + jobs[nxt].timeout + WATCHDOG_MARGIN_S
-        except OSError as e:
-            raise SandboxInfraError(f"docker exec stream broke: {e}") from None
-        finally:
-            try:
-                sock.close()
-            except Exception:
-                pass
-        got: dict[int, RunResult] = {}
-        for line in out.decode("utf-8", "replace").splitlines():
-            try:
-                d = json.loads(line)
-            except ValueError:
-                continue
-            if "exit" in d and isinstance(d.get("i"), int) and 0 <= d["i"] < len(jobs):
-                got[d["i"]] = RunResult.from_wire(d)
-        if not got and not timed_out and b'"start"' not in out:
-            # The runner never started a job: the sandbox is broken, not the program.
-            raise SandboxInfraError(f"sandbox runner failed: {err.decode(errors='replace')[-500:]}")
-        return got, not timed_out and len(got) == len(jobs)
+                    d = json.loads(line)
+                except ValueError:
+                    continue
+                if d.get("done"):
+                    return got, "ok"
+                i = d.get("i")
+                if not isinstance(i, int) or not 0 <= i < len(jobs):
+                    continue
+                if "exit" in d:
+                    got[i] = RunResult.from_wire(d)
+                nxt = min(i + 1, len(jobs) - 1) if "exit" in d else i
+                deadline = time.monotonic() + jobs[nxt].timeout + WATCHDOG_MARGIN_S

@@ -91,7 +91,7 @@ class ProcessSandbox(Sandbox):
             shutil.rmtree(scratch, ignore_errors=True)
             raise SandboxInfraError(f"cannot start the runner: {e}") from None
         try:
-            out, err = p.communicate(json.dumps(batch).encode(), timeout=deadline)
+            out, err = p.communicate(json.dumps(batch).encode() + b"\n", timeout=deadline)
         except subprocess.TimeoutExpired:
             _kill_group(p)
             out, err = p.communicate()

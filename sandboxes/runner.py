@@ -420,10 +420,7 @@ def run_job(i, job, opts):
     stderr, err_trunc = _read_capped(os.path.join(work, ".stderr"), out_cap)
     _rmtree(work)
     if opts["wipe"]:  # we own the whole sandbox (a container): wipe what the job left there
-        for d in (scratch, "/dev/shm"):
-            for name in os.listdir(d) if os.path.isdir(d) else []:
-                p = os.path.join(d, name)
-                _rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else _unlink(p)
+        _wipe(scratch)
     return {
         "i": i,
         "exit": os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else None,
@@ -460,9 +457,17 @@ PRELOAD = (
 ).split()
 
 
+def _wipe(scratch):
+    for d in (scratch, "/dev/shm"):
+        for name in os.listdir(d) if os.path.isdir(d) else []:
+            p = os.path.join(d, name)
+            _rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else _unlink(p)
+
+
 def main():
-    batch = json.loads(sys.stdin.buffer.read())
-    os.close(0)
+    """One batch per stdin line. ``serve`` (the Docker pool's persistent runner): keep reading
+    batches until stdin closes, and first clean up after a predecessor a job may have killed."""
+    serve = "serve" in sys.argv[1:]
     for name in PRELOAD:
         try:
             __import__(name)
@@ -473,19 +478,31 @@ def main():
     gc.freeze()  # children would otherwise copy every page the collector touches
     _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
     _prctl(4, 0)  # PR_SET_DUMPABLE = 0
-    opts = {
-        "scratch": batch.get("scratch", "/tmp"),
-        "kill_all": bool(batch.get("kill_all")),
-        "wipe": bool(batch.get("wipe")),
-        "drop_to_uid": batch.get("drop_to_uid"),
-        "report_cap": int(batch.get("report_cap", 4 << 20)),
-    }
-    out = sys.stdout.buffer
-    for i, job in enumerate(batch["jobs"]):
-        out.write(json.dumps({"i": i, "start": True}).encode() + b"\n")
+    if serve:
+        _kill_leftovers(0, True)
+        _wipe("/tmp")
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        line = inp.readline()
+        if not line.strip():
+            break
+        batch = json.loads(line)
+        opts = {
+            "scratch": batch.get("scratch", "/tmp"),
+            "kill_all": bool(batch.get("kill_all")),
+            "wipe": bool(batch.get("wipe")),
+            "drop_to_uid": batch.get("drop_to_uid"),
+            "report_cap": int(batch.get("report_cap", 4 << 20)),
+        }
+        for i, job in enumerate(batch["jobs"]):
+            out.write(json.dumps({"i": i, "start": True}).encode() + b"\n")
+            out.flush()
+            out.write(json.dumps(run_job(i, job, opts)).encode() + b"\n")
+            out.flush()
+        out.write(b'{"done": true}\n')
         out.flush()
-        out.write(json.dumps(run_job(i, job, opts)).encode() + b"\n")
-        out.flush()
+        if not serve:
+            break
 
 
 if __name__ == "__main__":

@@ -119,7 +119,17 @@ CASES: dict[str, tuple[str, set[str]]] = {
     "read_host_env": (probe(f"import os\nleak = {SECRET_ENV!r} in os.environ"), {"correct"}),
 }
 
-LIST_PIDS = "import os; print([p for p in os.listdir('/proc') if p.isdigit() and p not in ('1', str(os.getpid()))])"
+# Processes in a container other than pid 1, this probe, and the pool's persistent runner.
+LIST_PIDS = """
+import os
+def cmd(p):
+    try:
+        return open(f"/proc/{p}/cmdline", "rb").read().split(bytes(1))
+    except OSError:
+        return []
+print([p for p in os.listdir("/proc") if p.isdigit() and p not in ("1", str(os.getpid()))
+       and cmd(p)[-2:] != [b"serve", b""]])
+"""
 
 # Docker only: the process backend shares the host's /tmp and /proc (documented); its leftover
 # processes are checked from the host after the batch instead.
@@ -212,7 +222,7 @@ def test_abuse_cases_get_honest_verdicts(backend, host_dir, monkeypatch):
     assert not wrong, wrong
     assert not (host_dir / "secret.txt.w").exists()
     if kind == "docker":
-        for ctr in sandbox._all:  # only pid 1 (sleep) may remain in each container
+        for ctr in sandbox._all:  # only pid 1 (sleep) and the idle runner may remain
             out = ctr.exec_run(["python3", "-I", "-S", "-c", LIST_PIDS]).output.decode()
             assert out.strip() == "[]", out
             tmp = ctr.exec_run(["ls", "-A", "/tmp"]).output.decode().split()
