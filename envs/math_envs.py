@@ -1,5 +1,5 @@
 """Math environments: ``math`` (any JSONL or HF dataset via a column mapping), ``gsm8k``,
-``math500``.
+``math500``, and ``reasoning_gym`` (any reasoning-gym task as an environment).
 
 Each is a dataset plus the math reward (`verirl.rewards.math_reward`), optionally mixed with the
 strict tag-format reward (`verirl.rewards.format`) as r = r_correct + format_weight · r_format.
@@ -21,7 +21,7 @@ from verirl.rewards.math_pool import CheckerPool
 from verirl.rewards.math_reward import math_reward
 from verirl.rewards.result import RewardResult
 
-from verirl.errors import DataError
+from verirl.errors import ConfigError, DataError
 from verirl.jsonl import read_jsonl
 
 BOXED_PROMPT = (
@@ -87,6 +87,9 @@ class MathEnv(Environment):
     def rows(self, split: str = "train") -> Sequence[Row]:
         if split not in self._rows:
             self._rows[split] = self._load(split)
+            # Asking for rows means scoring follows: start the checker's worker processes now,
+            # in the background, so their sympy import overlaps model loading.
+            self.pool.start()
         return self._rows[split]
 
     def _load(self, split: str) -> list[Row]:
@@ -194,3 +197,76 @@ class Math500Env(MathEnv):
 
     def prompt(self, row: Row) -> Prompt:
         return super().prompt({**row, "question": row.get("question", row.get("problem", ""))})
+
+
+@register_env
+class ReasoningGymEnv(Environment):
+    """Any reasoning-gym task (Random(seed + idx) per item, so rows are reproducible) as an env.
+
+    The answer is extracted like the math env's (``<answer>``, ``\\boxed{}``, "the answer
+    is", last number) and scored by the task's own ``score_answer`` (which may give partial
+    credit). Splits are disjoint by seed: test uses ``seed + 1_000_003``.
+    """
+
+    name = "reasoning_gym"
+    description = "Any reasoning-gym task as an environment (task=..., seeded, offline)."
+    reward_kinds = ("task-scorer",)
+    fields = ("question", "answer")
+    example_row: ClassVar[Row] = {"question": "Calculate 5 - 3 - 6.", "answer": "-4"}
+
+    def __init__(
+        self,
+        task: str = "basic_arithmetic",
+        seed: int = 0,
+        train_size: int = 1000,
+        test_size: int = 100,
+        task_options: Mapping[str, Any] | None = None,
+        prompt_style: str = "chat",
+    ) -> None:
+        if prompt_style not in ("chat", "text"):
+            raise ValueError(f"prompt_style must be 'chat' or 'text', got {prompt_style!r}")
+        self.task, self.seed, self.task_options = task, seed, dict(task_options or {})
+        self.sizes = {"train": train_size, "test": test_size}
+        self.prompt_style = prompt_style
+        self._data: dict[str, Any] = {}
+
+    def _dataset(self, split: str) -> Any:
+        if split not in self.sizes:
+            raise ValueError(f"unknown split {split!r}; reasoning_gym has 'train' and 'test'")
+        if split not in self._data:
+            import reasoning_gym  # lazy: an optional dependency
+
+            seed = self.seed + (1_000_003 if split == "test" else 0)
+            try:
+                self._data[split] = reasoning_gym.create_dataset(
+                    self.task, size=self.sizes[split], seed=seed, **self.task_options
+                )
+            except (KeyError, ValueError, TypeError) as e:
+                raise ConfigError(f"reasoning-gym task {self.task!r}: {e}") from None
+        return self._data[split]
+
+    def rows(self, split: str = "train") -> Sequence[Row]:
+        ds = self._dataset(split)
+        return [
+            {"id": f"{split}-{i}", "question": e["question"], "answer": str(e["answer"]),
+             "split": split, "index": i}
+            for i, e in enumerate(ds)
+        ]  # fmt: skip
+
+    def prompt(self, row: Row) -> Prompt:
+        text = f"{row['question']}\n\nGive only the final answer inside <answer></answer>."
+        return text if self.prompt_style == "text" else [{"role": "user", "content": text}]
+
+    def score(self, completion: str, row: Row) -> RewardResult:
+        from verirl.rewards.math_extract import extract_answer
+
+        found = extract_answer(completion)
+        if found.answer is None:
+            return RewardResult(0.0, "format_error", {"correct": 0.0}, "no final answer found")
+        if "split" in row and "index" in row:
+            entry = self._dataset(row["split"])[int(row["index"])]
+        else:  # rows from a file: the task scorer still needs an entry
+            entry = {"question": row.get("question", ""), "answer": row["answer"], "metadata": {}}
+        score = float(self._dataset("train").score_answer(answer=found.answer, entry=entry))
+        status = "correct" if score >= 1.0 else "incorrect"
+        return RewardResult(score, status, {"correct": score}, f"{found.source}: {found.answer}")

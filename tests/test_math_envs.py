@@ -165,3 +165,16 @@ def test_cli_score_math_bad_input_exits_2_and_writes_nothing(tmp_path):
     assert proc.returncode == 2
     assert "in.jsonl" in proc.stderr and "row 1" in proc.stderr and "answer" in proc.stderr
     assert not out.exists()
+
+
+def test_reasoning_gym_adapter_is_seeded_and_scores_with_the_task():
+    with make_env("reasoning_gym", task="basic_arithmetic", train_size=5, test_size=3) as env:
+        train, again = env.rows("train"), make_env("reasoning_gym", train_size=5).rows("train")
+        assert [r["question"] for r in train] == [r["question"] for r in again]
+        assert {r["question"] for r in env.rows("test")}.isdisjoint({r["question"] for r in train})
+        row = train[0]
+        assert env.score(f"<answer>{row['answer']}</answer>", row).ok
+        assert env.score("<answer>nonsense</answer>", row).reward == 0.0
+        assert env.score("", row).status == "format_error"
+    with pytest.raises(ConfigError, match="no_such_task"):
+        make_env("reasoning_gym", task="no_such_task").rows()
