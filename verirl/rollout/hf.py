@@ -1,4 +1,10 @@
-"""HF ``generate`` rollouts: the engine that needs nothing but transformers.
+"""HF rollouts: the engine that needs nothing but transformers.
+
+Sampling runs a lean decode loop over the model's forward with a KV cache (prefill once, then
+one token per step, only the last position's logits computed) instead of ``generate``: for the
+small models this engine serves, ``generate``'s per-token Python overhead (logits processors,
+stopping criteria, output bookkeeping) costs more than the model itself. Requests with stop
+strings use ``generate`` (its stop-string matching is exact across token boundaries).
 
 The engine holds a reference to the policy module itself, so ``update_weights`` has nothing to
 copy: the next ``generate`` already samples from the weights the optimizer just changed.
@@ -14,6 +20,7 @@ from typing import Any
 import torch
 
 from verirl.rollout.base import Completion, RolloutEngine, SamplingParams
+from verirl.rollout.fastdecode import FastDecoder
 
 
 class HFRolloutEngine(RolloutEngine):
@@ -29,7 +36,7 @@ class HFRolloutEngine(RolloutEngine):
         self.model = model
         return 0.0
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self, prompts: list[str], n: int, sampling: SamplingParams
     ) -> list[list[Completion]]:
@@ -45,13 +52,74 @@ class HFRolloutEngine(RolloutEngine):
         try:
             for start in range(0, len(flat), step):
                 chunk = flat[start : start + step]
-                for c in self._generate_chunk([prompt_ids[i] for i, _ in chunk], sampling):
+                fn = self._generate_chunk if sampling.stop else self._decode_chunk
+                for c in fn([prompt_ids[i] for i, _ in chunk], sampling):
                     i, j = chunk[c.prompt_index]
                     c.prompt_index, c.sample_index = i, j
                     out[i].append(c)
         finally:
             self.model.train(was_training)
         return out
+
+    def _decode_chunk(self, ids: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        """Left-padded prefill, then a token per step with the KV cache; stops when every
+        sequence has emitted EOS. Sampling draws from the global torch RNG (seedable and
+        checkpointed by the trainer)."""
+        tok, model = self.tokenizer, self.model
+        width = max(len(x) for x in ids)
+        pad, eos = tok.pad_token_id, tok.eos_token_id
+        device = next(model.parameters()).device
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
+        att = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+        pos = (att.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at 0
+        fast = FastDecoder.maybe(model, len(ids), width + sampling.max_new_tokens)
+        if fast is not None:
+            logits = fast.forward(input_ids, att.bool(), pos)
+        else:
+            out = model(input_ids=input_ids, attention_mask=att, position_ids=pos,
+                        use_cache=True, logits_to_keep=1)  # fmt: skip
+            cache, logits = out.past_key_values, out.logits[:, -1]
+        nxt_pos = pos[:, -1:] + 1
+        done = torch.zeros(len(ids), dtype=torch.bool, device=device)
+        toks, lps = [], []
+        for t in range(sampling.max_new_tokens):
+            logits = logits.float()  # [B, V]
+            new = _sample(logits, sampling).masked_fill(done, pad)  # [B]
+            lp = torch.log_softmax(logits, -1).gather(-1, new[:, None]).squeeze(-1)
+            toks.append(new)
+            lps.append(lp)
+            done = done | (new == eos)
+            if bool(done.all()) or t + 1 == sampling.max_new_tokens:
+                break
+            if fast is not None:
+                logits = fast.forward(new[:, None], torch.ones_like(done[:, None]), nxt_pos)
+            else:
+                att = torch.cat([att, torch.ones_like(att[:, :1])], dim=-1)
+                out = model(input_ids=new[:, None], attention_mask=att, position_ids=nxt_pos,
+                            past_key_values=cache, use_cache=True)  # fmt: skip
+                logits = out.logits[:, -1]
+            nxt_pos = nxt_pos + 1
+        tok_mat = torch.stack(toks, 1).tolist()  # [B, T]
+        lp_mat = torch.stack(lps, 1).tolist()
+        results = []
+        for b, row in enumerate(tok_mat):
+            length, finish = len(row), "length"
+            if eos in row:
+                length, finish = row.index(eos) + 1, "stop"
+            body = row[:length]
+            text = tok.decode(body[:-1] if finish == "stop" else body, skip_special_tokens=False)
+            results.append(
+                Completion(
+                    prompt_index=b,
+                    sample_index=0,
+                    text=text,
+                    prompt_token_ids=ids[b],
+                    token_ids=body,
+                    logprobs=lp_mat[b][:length],
+                    finish_reason=finish,
+                )
+            )
+        return results
 
     def _generate_chunk(self, ids: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         tok = self.tokenizer
@@ -109,3 +177,21 @@ class HFRolloutEngine(RolloutEngine):
                 )
             )
         return results
+
+
+def _sample(logits: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
+    """One token per row from `logits` [B, V]: greedy at temperature 0, else temperature, then
+    top-k, then nucleus (top-p) filtering, as transformers' warpers apply them."""
+    if sampling.temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / sampling.temperature
+    if sampling.top_k and sampling.top_k < logits.shape[-1]:
+        kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= sampling.top_p  # keep the token crossing p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)

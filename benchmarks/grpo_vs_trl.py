@@ -1,0 +1,157 @@
+"""GRPO step time: verirl vs TRL's GRPOTrainer on the same tiny model, data, reward and config.
+
+Config (both): 8 prompts x 8 completions per step, 32 new tokens, β = 0, lr 1e-4, one optimizer
+step per generation batch, fp32, CPU, same seed. Each trainer runs in its own subprocess so its
+peak resident memory (ru_maxrss) is its own. Prints the median step time of each (the first
+`--warmup` steps are dropped), their peak memory and, last, ``ratio verirl/trl: X``.
+
+    python benchmarks/grpo_vs_trl.py --steps 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPTS, GROUP, NEW_TOKENS, LR, SEED = 8, 8, 32, 1e-4, 0
+
+
+def run_verirl(model_dir: str, steps: int, out: Path, threads: int) -> list[float]:
+    from verirl.config import validate_config
+    from verirl.train.config import TrainConfig
+    from verirl.train.loop import train
+    from verirl.train.metrics import read_metrics
+
+    cfg = {
+        "name": "verirl",
+        "run_dir": str(out),
+        "model": {"path": model_dir},
+        "env": {"name": "arithmetic", "options": {"train_size": 512}},
+        "rollout": {"max_new_tokens": NEW_TOKENS, "temperature": 1.0, "score_workers": 1},
+        "algo": {"batch_size": PROMPTS * GROUP, "group_size": GROUP, "beta": 0.0, "epochs": 1},
+        "train": {"steps": steps, "lr": LR, "seed": SEED, "threads": threads},
+        "log": {"progress": False, "tensorboard": False, "samples_every": 0},
+    }
+    run_dir = train(validate_config(TrainConfig, cfg, "benchmark"))
+    return [r["step_seconds"] for r in read_metrics(run_dir)]
+
+
+def run_trl(model_dir: str, steps: int, out: Path, threads: int) -> list[float]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+    from verirl.envs.registry import make_env
+
+    torch.set_num_threads(threads)
+    env = make_env("arithmetic", train_size=512)
+    rows = list(env.rows("train"))
+    data = Dataset.from_list([{"prompt": env.prompt(r), "answer": r["answer"]} for r in rows])
+
+    def reward(completions: list[str], answer: list[str], **_: Any) -> list[float]:
+        return [
+            env.score(c, {"answer": a}).reward for c, a in zip(completions, answer, strict=True)
+        ]
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):  # type: ignore[misc]
+        t0 = 0.0
+
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            times.append(time.perf_counter() - self.t0)
+
+    args = GRPOConfig(
+        output_dir=str(out / "trl"),
+        per_device_train_batch_size=PROMPTS * GROUP,
+        gradient_accumulation_steps=1,
+        num_generations=GROUP,
+        steps_per_generation=1,
+        num_iterations=1,
+        max_completion_length=NEW_TOKENS,
+        temperature=1.0,
+        beta=0.0,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        max_steps=steps,
+        seed=SEED,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+        callbacks=[Timer()],
+    )
+    trainer.train()
+    return times
+
+
+def child(which: str, model_dir: str, steps: int, out: str, threads: int) -> None:
+    fn = run_verirl if which == "verirl" else run_trl
+    times = fn(model_dir, steps, Path(out), threads)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print("RESULT " + json.dumps({"times": times, "peak_mib": peak_mib}))
+
+
+def measure(which: str, model_dir: str, steps: int, out: Path, threads: int) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", which, "--model", model_dir,
+           "--steps", str(steps), "--out", str(out / which), "--threads", str(threads)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{which} failed:\n{proc.stderr[-4000:]}")
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--warmup", type=int, default=2, help="first steps left out of the median")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads for both")
+    p.add_argument("--model", help="model dir (default: build the tiny default model)")
+    p.add_argument("--out", help="work dir (default: a temporary one)")
+    p.add_argument("--child", choices=["verirl", "trl"], help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        child(a.child, a.model, a.steps, a.out, a.threads)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(a.out or tmp)
+        model_dir = a.model
+        if model_dir is None:
+            from verirl.tiny import build_tiny_model
+
+            model_dir = str(build_tiny_model(out / "tiny-model", seed=SEED))
+        res = {w: measure(w, model_dir, a.steps, out, a.threads) for w in ("trl", "verirl")}
+    med = {w: statistics.median(r["times"][a.warmup :]) for w, r in res.items()}
+    for w in ("trl", "verirl"):
+        print(f"{w:>7}: median step {med[w]:.3f} s over {len(res[w]['times']) - a.warmup} steps, "
+              f"peak RSS {res[w]['peak_mib']:.0f} MiB")  # fmt: skip
+    print(f"ratio verirl/trl: {med['verirl'] / med['trl']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
