@@ -71,6 +71,38 @@ def run_mathverify(cases: list[dict[str, Any]], repeat: int) -> dict[str, Any]:
     return {"verdicts": verdicts, "times": times, "batch_s": seq_total, "startup_s": 0.0}
 
 
+def numeric_mix(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """A training-like batch: GSM8K-style integer answers, half right, seeded."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        gold = rng.randint(0, 5000)
+        got = gold if i % 2 == 0 else gold + rng.randint(1, 9)
+        text = f"She buys {rng.randint(2, 9)} boxes, so the total is {got:,}."
+        comp = text + (f"\n#### {got}" if i % 3 else f" The answer is $\\boxed{{{got}}}$.")
+        rows.append({"completion": comp, "gold": str(gold), "expected": got == gold})
+    return rows
+
+
+def time_mix(rows: list[dict[str, Any]], workers: int) -> tuple[float, float, float, float]:
+    """(verirl seconds, math-verify seconds, verirl accuracy, math-verify accuracy)."""
+    from math_verify import parse, verify
+
+    with CheckerPool(workers=workers, cache_size=0) as pool:
+        pool.start(wait=True)
+        t = time.perf_counter()
+        ours = math_reward_batch([r["completion"] for r in rows], [r["gold"] for r in rows], pool)
+        ours_s = time.perf_counter() - t
+    t = time.perf_counter()
+    theirs = [bool(verify(parse(f"${r['gold']}$"), parse(r["completion"]))) for r in rows]
+    theirs_s = time.perf_counter() - t
+    acc = sum(o.ok == r["expected"] for o, r in zip(ours, rows, strict=True)) / len(rows)
+    acc_mv = sum(v == r["expected"] for v, r in zip(theirs, rows, strict=True)) / len(rows)
+    return ours_s, theirs_s, acc, acc_mv
+
+
 def summary(name: str, cases: list[dict[str, Any]], res: dict[str, Any]) -> dict[str, Any]:
     right = [v == c["expected"] for v, c in zip(res["verdicts"], cases, strict=True)]
     worst = max(range(len(cases)), key=lambda i: res["times"][i])
@@ -92,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1, help="table repeats for throughput")
     ap.add_argument("--json", help="write the summary here")
+    ap.add_argument(
+        "--numeric", type=int, default=1000, help="size of a GSM8K-like integer batch (0: skip)"
+    )
     args = ap.parse_args(argv)
     cases = read_jsonl(args.cases)
     ours = summary("verirl", cases, run_verirl(cases, args.workers, args.repeat))
@@ -113,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"verirl worker start-up (once per pool): {ours['startup_s']:.2f}s")
     print(f"speed ratio (math-verify / verirl): {theirs['total_s'] / ours['total_s']:.1f}x")
+    if args.numeric:
+        o_s, t_s, acc, acc_mv = time_mix(numeric_mix(args.numeric), args.workers)
+        print(
+            f"GSM8K-like batch of {args.numeric}: verirl {o_s:.2f}s (accuracy {acc:.3f}), "
+            f"math-verify {t_s:.2f}s (accuracy {acc_mv:.3f}), ratio {t_s / o_s:.0f}x"
+        )
     for s in (ours, theirs):
         for i in s["wrong"]:
             c = cases[i]
