@@ -112,6 +112,7 @@ class _FunctionTestEnv(_SandboxedEnv):
                 function_program(str(r["prompt"]), c, str(r["entry_point"])),
                 test=str(r["test"]),
                 entry_point=str(r["entry_point"]),
+                prelude=str(r["prompt"]),
                 timeout=self.timeout,
                 memory_mb=self.memory_mb,
             )

@@ -182,6 +182,15 @@ def _run_function(job, report_fd):
     guarded_snap = [(m, d) for m, d in snapshot if m in guarded]
     modules_before = dict(sys.modules)
     clean_builtins = dict(builtins.__dict__)
+    # The test sees the helpers of the trusted prelude (the prompt: e.g. HumanEval/32's poly),
+    # executed before any solution code, so a completion cannot redefine them under the test.
+    prelude_ns = None
+    if job.get("prelude"):
+        prelude_ns = {"__name__": "prelude", "__builtins__": clean_builtins}
+        try:
+            exec(compile(job["prelude"], "<prelude>", "exec"), prelude_ns)
+        except BaseException:
+            prelude_ns = None
     _restore_one, _decode, _NotPlain = _restore, decode, NotPlain
     try:
         sol_code = compile(job["code"], "<solution>", "exec")
@@ -212,8 +221,12 @@ def _run_function(job, report_fd):
                 for m, d in guarded_snap:
                     _restore_one(m, d)
 
-        test_ns = dict(sol_ns)  # prompt helpers (e.g. HumanEval/32's poly) stay visible
+        if prelude_ns is not None:
+            test_ns = dict(prelude_ns)
+        else:  # no usable prelude: the solution's names, minus any that shadow a builtin
+            test_ns = {k: v for k, v in sol_ns.items() if k not in clean_builtins}
         test_ns.update(__builtins__=clean_builtins, __vr_cmp=vr_cmp, __vr_truth=vr_truth)
+        test_ns[entry] = plain_candidate  # tests may call it by name (HumanEval/33)
         phase = "test"
         exec(test_code, test_ns)
         test_ns["check"](plain_candidate)

@@ -71,12 +71,15 @@ class SandboxInfraError(RuntimeError):
 @dataclass
 class Job:
     """One program to run. ``mode="function"`` runs ``test`` (defining ``check(candidate)``)
-    against ``entry_point`` of ``code``; ``mode="stdio"`` runs ``code`` on ``stdin``."""
+    against ``entry_point`` of ``code``; ``mode="stdio"`` runs ``code`` on ``stdin``.
+    ``output_bytes`` caps stdout, stderr and every file the program writes (RLIMIT_FSIZE);
+    ``memory_mb`` is its address-space limit; ``timeout`` its wall time in seconds."""
 
     mode: Literal["function", "stdio"]
     code: str
     test: str = ""
     entry_point: str = ""
+    prelude: str = ""  # trusted code whose names the test sees (HumanEval: the prompt)
     stdin: str = ""
     timeout: float = 10.0
     memory_mb: int = 512
@@ -89,6 +92,7 @@ class Job:
             "code": self.code,
             "test": self.test,
             "entry_point": self.entry_point,
+            "prelude": self.prelude,
             "stdin": self.stdin,
             "timeout": self.timeout,
             "memory_mb": self.memory_mb,

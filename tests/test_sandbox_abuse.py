@@ -241,3 +241,22 @@ def test_process_backend_reads_world_readable_host_files(process_sandbox, host_d
     code = probe(f"leak = open({str(f)!r}).read() == 'secret'")
     v = _run_cases(process_sandbox, {"read": (code, set())}, monkeypatch)["read"]
     assert v.status == "incorrect"  # the probe saw the file: the process backend cannot hide it
+
+
+@pytest.mark.parametrize("kind", [pytest.param("docker", marks=pytest.mark.docker), "process"])
+def test_solution_cannot_redefine_prompt_helpers_or_builtins(kind, request):
+    sandbox = request.getfixturevalue("docker_pool" if kind == "docker" else "process_sandbox")
+    prelude = "def ref(a, b):\n    return a + b\n"
+    test = (
+        "def check(candidate):\n    assert candidate(2, 2) == ref(2, 2)\n"
+        "    assert abs(candidate(1, 2) - 3) < 0.5\n"
+    )
+    cheat = (
+        prelude
+        + "def ref(a, b):\n    return -1\nabs = lambda x: 0\ndef add(a, b):\n    return -1\n"
+    )
+    honest = prelude + OK
+    jobs = [Job("function", c, test, "add", prelude=prelude) for c in (cheat, honest)]
+    runs = sandbox.run(jobs)
+    got = [function_verdict(r, j.nonce).status for r, j in zip(runs, jobs, strict=True)]
+    assert got == ["incorrect", "correct"]
