@@ -5,8 +5,10 @@ What it protects against (Docker backend, the default where an engine runs)
 Every program runs in a container from the offline-built image with: no network
 (``network_mode=none``), a memory cap with swap equal to it, a pids cap, a CPU quota, a
 read-only root fs plus a size-capped tmpfs ``/tmp``, a dedicated non-root uid, all capabilities
-dropped, ``no-new-privileges``. Inside, a trusted runner (`verirl.sandboxes.runner`) forks one
-fresh process per sample into its own session and private temp dir, with rlimits (address
+dropped, ``no-new-privileges``, the engine's seccomp profile. Inside, a persistent trusted
+runner (`verirl.sandboxes.runner`, non-dumpable: samples cannot read its memory or fds through
+/proc or ptrace; it runs no untrusted code) takes batches of jobs and forks one fresh process
+per sample into its own session and private temp dir, with rlimits (address
 space, CPU, file size = output cap, processes); it enforces the wall time with SIGKILL (so
 ignoring SIGALRM/SIGTERM does not help) and afterwards kills every process the sample left
 (its group, orphans that come back to the runner as subreaper, then every process of the
@@ -21,7 +23,10 @@ Verdicts are decided here, on the trusted side, never from the program's exit co
   so that its operands, marshalled to plain data with exact builtin types (``type(v) is int``,
   recursively), are reported and the comparison itself is made by the host; the candidate's
   return values are reduced to plain copies before the test sees them; module and builtin
-  patches made by the solution are undone before the test runs; the report carries a per-run
+  patches made by the solution are undone before the test runs (and the test's imports again
+  after every call of the candidate); the test sees a private copy of the builtins and the
+  helpers of the trusted prelude (the prompt), not the solution's redefinitions; the report
+  carries a per-run
   random nonce and goes through a pipe fd, and is accepted only if it says the test function
   returned. Hence ``sys.exit(0)``, ``os._exit(0)``, atexit hooks, patched builtins, a lying
   ``__eq__``, ``int`` subclasses, exceptions, and killing the runner (the sample is re-run
@@ -32,7 +37,8 @@ What it does NOT protect against
 - Code that introspects the harness's own interpreter (``gc.get_objects()``, frame or closure
   walking, ``ctypes``) can find the nonce and forge a function-test report. This needs
   deliberate, targeted exploit code; stdio verdicts are immune since the program only ever
-  controls its own stdout.
+  controls its own stdout. Likewise a background thread started by the solution could race
+  the test and re-patch a module between two statements of the test.
 - Kernel or container-runtime escapes: the engine's seccomp profile is used when the engine
   has one (``verirl sandbox doctor`` says), but a kernel bug is out of scope.
 - Timing side channels, and CPU contention between concurrent containers.
@@ -44,7 +50,9 @@ environment, private temp dir, a fresh network and pid namespace through ``unsha
 permitted (then every leftover process dies with the namespace), and uid 65534 when started as
 root. It does NOT isolate the filesystem: a program can read any file its uid can read
 (``/etc/passwd``, the repository) and write where that uid may write; without ``unshare`` it
-has the host's network. Use it for trusted-ish code or where Docker cannot run.
+has the host's network. Concurrent runners share one uid, hence one RLIMIT_NPROC budget: a
+fork bomb can make a neighbouring sample's ``fork`` fail. Use it for trusted-ish code or where
+Docker cannot run.
 """
 
 from __future__ import annotations
