@@ -23,98 +23,19 @@ import re
 from fractions import Fraction
 from typing import Any
 
-# ---------------------------------------------------------------------------------------------
-# String normalization (shared by both stages)
-# ---------------------------------------------------------------------------------------------
-_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_DROP = (
-    "\\displaystyle", "\\left", "\\right", "\\!", "\\;", "\\:", "\\quad", "\\qquad",
-    "\\bigl", "\\bigr", "\\Bigl", "\\Bigr", "\\big", "\\Big",
-)  # fmt: skip
-_DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
-_PERCENT = re.compile(r"\\?%")
-_CURRENCY = re.compile(r"\\\$|\$|€|£|¥|\\euro|\\pounds")
-_THIN_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|\\,|\\ |~|\s)(?=\d{3}(?!\d))")
-_COMMA_THOUSANDS = re.compile(r"(?<![\d.,])(\d{1,3})((?:,\d{3})+)(?![\d,])")
-_SCI = re.compile(r"(\d(?:\.\d+)?)\s*[eE]\s*([+-]?\d+)(?![\w])")
-_SHORT_FRAC = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")
-_SHORT_SQRT = re.compile(r"\\sqrt\s*([0-9a-zA-Z])")
-_MIXED = re.compile(r"(?<![\d}.^_{])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}")
-_MEMBER = re.compile(r"^[a-zA-Z]\s*\\in\s*")  # "x \in [2, 5]" states the interval
-_UNIT_WORD = re.compile(r"[A-Za-z]{2,}\.?(?:\^\{?\d\}?)?")
-_CHOICE = re.compile(r"^\(?([A-Ea-e])\)?(?:[.:)]|\s|$)")
+from verirl.rewards.math_normalize import (
+    MATH_WORDS,
+    as_interval,
+    choice_letter,
+    normalize,
+)
+
 _MIXED_NORMAL = re.compile(r"\(?(-?\d+)\+\\frac\{(\d+)\}\{(\d+)\}\)?")
 _NUM = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
 _FRAC_NUM = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}")
 _SLASH_NUM = re.compile(r"(-?\d+)\s*/\s*(-?\d+)")
 _WORD = re.compile(r"[A-Za-z][A-Za-z '\-]*")
-_MATH_WORDS = {"sqrt", "pi", "log", "ln", "sin", "cos", "tan", "exp", "infty", "inf", "oo"}
-_MAX_NORMALIZE = 4000
 _MAX_DIGITS = 1000  # beyond this a "number" goes to the guarded symbolic stage
-
-
-def normalize(ans: str) -> str:
-    """Canonical string form of an answer: wrappers, units, separators and notation removed.
-
-    >>> normalize(r"\\$1{,}000 \\text{ dollars}.")
-    '1000'
-    >>> normalize(r"1\\frac12")
-    '(1+\\\\frac{1}{2})'
-    >>> normalize("1.5e3")
-    '1.5\\\\times10^{3}'
-    """
-    s = ans.strip()
-    if len(s) > _MAX_NORMALIZE:  # left as is; the guarded symbolic stage will reject it
-        return s
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
-    for _ in range(3):  # nested \text{\textbf{..}}
-        s = _TEXT_CMD.sub(r"\1", s)
-    for tok in _DROP:
-        s = s.replace(tok, "")
-    s = s.replace("\\le ", "\\leq ").replace("\\ge ", "\\geq ")
-    s = _DEGREE.sub("", s)
-    s = _PERCENT.sub("", s)
-    s = _CURRENCY.sub("", s)
-    s = _THIN_THOUSANDS.sub("", s)
-    if not any(b in s for b in ("(", "[", "\\{")):  # "(3,100)" is a pair, not 3100
-        s = _COMMA_THOUSANDS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), s)
-    s = _SCI.sub(r"\1\\times10^{\2}", s)
-    s = _SHORT_FRAC.sub(r"\\frac{\1}{\2}", s)
-    s = _SHORT_SQRT.sub(r"\\sqrt{\1}", s)
-    s = _MIXED.sub(r"(\1+\\frac{\2}{\3})", s)
-    s = s.strip().rstrip(".").strip()
-    s = _MEMBER.sub("", s)
-    return _strip_units(s).replace("\\ ", " ").strip()
-
-
-def _strip_units(s: str) -> str:
-    """Drop trailing unit words after a number ("5 cm", "12 apples", "3 m^2"); a token scan, not
-    a nested regex, so 20,000 letters cannot make it backtrack."""
-    words = s.split()
-    while len(words) >= 2 and _UNIT_WORD.fullmatch(words[-1]):
-        if words[-1].lower().rstrip(".") in _MATH_WORDS or "\\" in words[-1]:
-            break
-        words.pop()
-    if len(words) < len(s.split()) and words and words[-1][-1:] in "0123456789}.)":
-        return " ".join(words)
-    return s
-
-
-def choice_letter(ans: str) -> str | None:
-    """The multiple-choice letter an answer names, if it is one.
-
-    >>> choice_letter(r"\\text{(B)}"), choice_letter("(c) 42"), choice_letter("x+1")
-    ('B', 'C', None)
-    """
-    s = _TEXT_CMD.sub(r"\1", ans.strip()).strip().strip("$").strip()
-    m = _CHOICE.match(s)
-    if m is None:
-        return None
-    rest = s[m.end() :].strip()
-    # "(c) 42" names C; a bare "e" or "a" in an expression does not.
-    if rest and not s.startswith("("):
-        return None
-    return m.group(1).upper()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +92,7 @@ def numbers_match(pred: Fraction, gold: Fraction, gold_places: int | None) -> bo
 
 def _word(s: str) -> str | None:
     s = s.strip().strip(".").strip()
-    if _WORD.fullmatch(s) and s.lower() not in _MATH_WORDS and len(s) > 1:
+    if _WORD.fullmatch(s) and s.lower() not in MATH_WORDS and len(s) > 1:
         return " ".join(s.lower().replace("-", " ").split())
     return None
 
@@ -447,7 +368,7 @@ def symbolic_equiv(pred: str, gold: str) -> tuple[bool, str]:
     fast = fast_equiv(pred, gold)
     if fast is not None:
         return fast, "fast"
-    p, g = _pm(normalize(pred)), _pm(normalize(gold))
+    p, g = _pm(as_interval(normalize(pred))), _pm(as_interval(normalize(gold)))
     gn = plain_number(g)
     places = gn[1] if gn is not None else None
     return _compound_equal(p, g, places), "symbolic"

@@ -19,6 +19,7 @@ MODULES = [
     "verirl.algos.losses",
     "verirl.algos.reference",
     "verirl.rewards.math_extract",
+    "verirl.rewards.math_normalize",
     "verirl.rewards.math_equiv",
     "verirl.rewards.math_reward",
     "verirl.rewards.format",
