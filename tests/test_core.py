@@ -246,3 +246,26 @@ def test_score_cli_bad_rows(tmp_path):
 
 def test_available_envs_contains_arithmetic():
     assert "arithmetic" in available_envs()
+
+
+def test_overrides_may_follow_options(tmp_path):
+    from verirl.cli import main
+
+    # `--resume` before the overrides must not swallow them or fail as unrecognized.
+    r = run_cli("train", str(tmp_path / "missing.yaml"), "--resume", str(tmp_path), "x.y=1")
+    assert "unrecognized arguments" not in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error: ")
+    with pytest.raises(SystemExit):
+        main(["envs", "list", "--bogus"])
+
+
+def test_written_outputs_are_not_private(tmp_path):
+    from verirl.jsonl import write_jsonl
+
+    out = tmp_path / "o.jsonl"
+    old = os.umask(0o022)
+    try:
+        write_jsonl(out, [{"a": 1}])
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
