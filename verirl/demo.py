@@ -1,8 +1,9 @@
 """``verirl demo`` (what ``make demo`` runs): the whole product on a tiny model, from nothing.
 
 1. build a tiny Qwen2 and byte-level tokenizer (``verirl.tiny``), offline;
-2. ``verirl sft configs/demo_sft.yaml``: a short warm start on 2-operand addition, stopped early
-   so the base is right sometimes (moderate pass@1) and often within 16 tries (high pass@16);
+2. ``verirl sft configs/demo_sft.yaml``: a warm start on imperfect demonstrations of 2-operand
+   addition (``write_sft_data``: 40 % right, the rest near misses), so the base is right
+   sometimes (moderate pass@1) and usually within 16 tries (high pass@16);
 3. ``verirl train configs/demo_grpo.yaml``: GRPO from that base on the train split;
 4. evaluate base vs trained on held-out test problems: n samples each, pass@k by the unbiased
    estimator of Chen et al. 2021 (``verirl.evals.passk``);
@@ -31,6 +32,27 @@ def config_path(name: str) -> Path:
         if (d / name).is_file():
             return d / name
     raise FileNotFoundError(f"demo config {name} not found in {[str(d) for d in CONFIG_DIRS]}")
+
+
+def write_sft_data(env: Any, path: Path, p_correct: float = 0.4, seed: int = 0) -> Path:
+    """Imperfect demonstrations: each train problem's target is right with probability
+    `p_correct`, else a near miss (±1, ±2, ±10). The correct answer stays the most likely one,
+    so SFT gives a base whose greedy answer is often right but whose samples scatter: the
+    situation where RL against a verifier pays (it sharpens toward what the base already has).
+    """
+    import random
+
+    from verirl.jsonl import write_jsonl
+
+    rng = random.Random(seed)
+    rows = []
+    for row in env.rows("train"):
+        answer = int(row["answer"])
+        if rng.random() >= p_correct:
+            answer += rng.choice((-10, -2, -1, 1, 2, 10))
+        rows.append({"prompt": env.prompt(row), "completion": str(answer)})
+    write_jsonl(path, rows)
+    return path
 
 
 def evaluate(
@@ -79,12 +101,15 @@ def main(out_dir: str = "runs/demo") -> int:
     shutil.rmtree(out, ignore_errors=True)  # the demo always starts from nothing
     out.mkdir(parents=True)
     print(f"[1/4] building a tiny Qwen2 in {out / 'tiny-model'}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     build_tiny_model(out / "tiny-model", hidden_size=128, num_layers=2, seed=0)
     common = [f"run_dir={out}"]
-    print("[2/4] SFT warm start (configs/demo_sft.yaml)")
-    sft_cfg = load_config(
-        SftConfig, config_path("demo_sft.yaml"), [*common, f"model.path={out / 'tiny-model'}"]
-    )
+    print("[2/4] SFT warm start on imperfect demonstrations (configs/demo_sft.yaml)")
+    sft_over = [*common, f"model.path={out / 'tiny-model'}", f"data.path={out / 'sft_data.jsonl'}"]
+    sft_cfg = load_config(SftConfig, config_path("demo_sft.yaml"), sft_over)
+    write_sft_data(make_env(sft_cfg.env.name, **sft_cfg.env.options), out / "sft_data.jsonl")
     sft(sft_cfg)
     t_sft = time.perf_counter() - t0
     print("[3/4] GRPO (configs/demo_grpo.yaml)")
@@ -145,7 +170,8 @@ def _report(out: Path, s: dict[str, Any]) -> None:
     lines = [
         "# verirl demo",
         "",
-        "Tiny Qwen2 (byte tokenizer), SFT warm start then GRPO on 2-operand addition; "
+        "Tiny Qwen2 (byte tokenizer): SFT on imperfect demonstrations (40% right), then GRPO "
+        "against the exact-answer verifier, on 2-operand addition; "
         f"held-out: {s['eval_problems']} test problems x {s['eval_samples_per_problem']} samples.",
         "",
         "| | pass@1 | pass@16 |",
