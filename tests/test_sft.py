@@ -7,11 +7,11 @@ import json
 import torch
 from transformers import AutoModelForCausalLM
 
+from verirl.algos import sft_loss
 from verirl.config import validate_config
 from verirl.train.config import SftConfig
 from verirl.train.metrics import read_metrics
 from verirl.train.model import pack
-from verirl.train.objectives import sft_loss
 from verirl.train.sft import sft
 
 
@@ -25,13 +25,12 @@ def test_pack_marks_only_completion_targets():
 def test_sft_loss_ignores_prompt_positions():
     torch.manual_seed(0)
     logits = torch.randn(1, 4, 10)
-    targets = torch.tensor([[1, 2, 3, 4]])
-    mask = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    labels = torch.tensor([[-100, -100, 3, 4]])  # prompt positions carry label -100
     changed = logits.clone()
     changed[:, :2] = torch.randn(1, 2, 10) * 5  # only prompt positions differ
-    assert torch.equal(sft_loss(logits, targets, mask), sft_loss(changed, targets, mask))
+    assert torch.equal(sft_loss(logits, labels), sft_loss(changed, labels))
     want = -torch.log_softmax(logits[0, 2:], -1)[[0, 1], [3, 4]].mean()
-    assert torch.allclose(sft_loss(logits, targets, mask), want)
+    assert torch.allclose(sft_loss(logits, labels), want)
 
 
 def test_sft_on_jsonl_lowers_loss_and_saves_model(tiny_model_dir, tmp_path):

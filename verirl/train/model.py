@@ -3,7 +3,6 @@ and turning prompts + completions into padded training tensors."""
 
 from __future__ import annotations
 
-import copy
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from verirl.algos import adapters_disabled, ema_update, frozen_copy
 from verirl.errors import ConfigError
 from verirl.train.config import ModelSection
 
@@ -77,19 +77,16 @@ class Reference:
         self.kind, self.decay = kind, ema_decay
         self.model: Any = None
         if kind in ("frozen", "ema"):
-            self.model = copy.deepcopy(policy).eval()
-            self.model.requires_grad_(False)
+            self.model = frozen_copy(policy)
 
     def context(self, policy: Any) -> tuple[Any, AbstractContextManager[Any]]:
         """(module to run, context to run it in)."""
         if self.kind == "lora_disabled":
-            return policy, policy.disable_adapter()
+            return policy, adapters_disabled(policy)
         return self.model, nullcontext()
 
     def after_step(self, policy: Any) -> None:
         if self.kind == "ema":
-            from verirl.train.objectives import ema_update
-
             ema_update(self.model, policy, self.decay)
 
     def state_dict(self) -> dict[str, Any] | None:

@@ -1,8 +1,8 @@
-"""The loss and advantage functions the trainer loop uses.
+"""Stopgap loss/advantage functions from before ``verirl.algos`` landed.
 
-These belong in ``verirl.algos`` (issue 3); that package had not landed when the trainer was
-written, so the trainer keeps the few it needs here, as pure tensor functions with the same
-names. Shapes: B sequences, T response positions; ``mask`` is 1 on response tokens.
+The trainer now uses ``verirl.algos``; this module stays only because the distributed work
+(``verirl/train/distributed.py`` and its tests) imports it. New code: use ``verirl.algos``.
+Shapes: B sequences, T response positions; ``mask`` is 1 on response tokens.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from verirl.algos import sft_loss
 from verirl.config import write_resolved_config
 from verirl.errors import DataError
 from verirl.jsonl import read_jsonl
@@ -22,7 +23,6 @@ from verirl.train.config import SftConfig
 from verirl.train.loop import lr_lambda, make_run_dir
 from verirl.train.metrics import MetricsLogger, plot_curves
 from verirl.train.model import forward_logits, load_policy, pack, render_prompt
-from verirl.train.objectives import sft_loss
 
 
 def load_pairs(cfg: SftConfig, tok: object) -> list[tuple[str, str]]:
@@ -89,7 +89,8 @@ def sft(cfg: SftConfig) -> Path:
             batch = pack([enc[i][0] for i in idx], [enc[i][1] for i in idx], tok.pad_token_id,
                          t.device)  # fmt: skip
             logits, _ = forward_logits(model, batch)
-            loss = sft_loss(logits, batch.targets, batch.mask)
+            labels = batch.targets.masked_fill(batch.mask == 0, -100)  # prompt and padding
+            loss = sft_loss(logits, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm))

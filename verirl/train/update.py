@@ -14,12 +14,7 @@ from typing import Any
 
 import torch
 
-from verirl.envs.base import Environment, Row
-from verirl.rewards.result import RewardResult
-from verirl.rollout.base import Completion
-from verirl.train.config import AlgoSection
-from verirl.train.model import Batch, ValueHead, forward_logits, pack
-from verirl.train.objectives import (
+from verirl.algos import (
     aggregate_loss,
     clipped_policy_loss,
     entropy_from_logits,
@@ -27,11 +22,16 @@ from verirl.train.objectives import (
     group_has_signal,
     grpo_advantages,
     kl_penalty,
-    last_token_rewards,
+    kl_shaped_rewards,
     masked_whiten,
     token_logprobs,
     value_loss,
 )
+from verirl.envs.base import Environment, Row
+from verirl.rewards.result import RewardResult
+from verirl.rollout.base import Completion
+from verirl.train.config import AlgoSection
+from verirl.train.model import Batch, ValueHead, forward_logits, pack
 
 
 def batch_rows(rows: Any, step: int, n: int, seed: int) -> list[Row]:
@@ -119,10 +119,12 @@ def sequence_logprobs(
 
 def grpo_advantage(ro: Rollout, algo: AlgoSection) -> None:
     """Sequence advantages spread over tokens; optional DAPO zero-variance filtering."""
-    adv = grpo_advantages(ro.rewards, ro.valid, scale=algo.scale_rewards)  # [P, G]
-    keep = ro.valid.clone()
+    g = algo.group_size
+    rewards, valid = ro.rewards.view(-1), ro.valid.view(-1) > 0  # group-major [B]
+    adv = grpo_advantages(rewards, g, scale_by_std=algo.scale_rewards, valid=valid)  # [B]
+    keep = ro.valid.clone()  # [P, G]
     if algo.filter_zero_variance:
-        keep = keep * group_has_signal(ro.rewards, ro.valid).float().unsqueeze(-1)
+        keep = keep * group_has_signal(rewards, g, valid=valid).float().unsqueeze(-1)
     ro.stats["groups_kept"] = float((keep.sum(-1) > 0).sum())
     ro.batch.mask = ro.batch.mask * keep.view(-1, 1)
     ro.adv = adv.view(-1, 1) * ro.batch.mask  # [B, T]
@@ -133,10 +135,11 @@ def ppo_advantage(ro: Rollout, algo: AlgoSection) -> None:
     assert ro.old_values is not None
     ro.batch.mask = ro.batch.mask * ro.valid.view(-1, 1)
     mask = ro.batch.mask
-    token_r = last_token_rewards(ro.rewards.view(-1), mask)
+    kl = None
     if algo.beta > 0 and algo.kl_in == "reward":
         assert ro.ref_logp is not None and ro.old_logp is not None
-        token_r = token_r - algo.beta * kl_penalty(ro.old_logp, ro.ref_logp, "k1") * mask
+        kl = kl_penalty(ro.old_logp, ro.ref_logp, "k1")
+    token_r = kl_shaped_rewards(ro.rewards.view(-1), mask, kl, algo.beta)
     adv, ret = gae_advantages(token_r, ro.old_values, mask, algo.gamma, algo.lam)
     ro.adv, ro.returns = masked_whiten(adv, mask), ret
 
@@ -173,26 +176,27 @@ def policy_update(
         old = _cut(ro.old_logp, s, w)
         old = logp.detach() if old is None else old  # epochs = 1: ratio is 1, one forward
         adv = ro.adv[s, :w]
-        pg, clipped = clipped_policy_loss(logp, old, adv, algo.clip_low, algo.clip_high)
-        per_tok = pg
         m = mb.mask
+        pg, clipped = clipped_policy_loss(logp, old, adv, m, algo.clip_low, algo.clip_high)
+        per_tok = pg
         if ro.ref_logp is not None:
             kl = kl_penalty(logp, ro.ref_logp[s, :w], algo.kl_estimator)
             acc["kl"] = acc.get("kl", 0.0) + float((kl.detach() * m).sum()) / n_tok
             if algo.name == "grpo" or algo.kl_in == "loss":
                 per_tok = per_tok + algo.beta * kl
-        loss = aggregate_loss(per_tok, m, algo.loss_agg, n_tok, n_seq, float(max_new_tokens))
+        loss = aggregate_loss(per_tok, m, algo.loss_agg, max_len=float(max_new_tokens),
+                              num_tokens=n_tok, num_seqs=n_seq)  # fmt: skip
         if value_head is not None:
             assert ro.old_values is not None and ro.returns is not None
             v = value_head(h)
-            vl = value_loss(v, ro.old_values[s, :w], ro.returns[s, :w], algo.value_clip)
-            vloss = aggregate_loss(vl, m, "token-mean", n_tok)
+            vloss = value_loss(v, ro.old_values[s, :w], ro.returns[s, :w], m, algo.value_clip,
+                               num_tokens=n_tok)  # fmt: skip
             loss = loss + algo.vf_coef * vloss
             acc["value_loss"] = acc.get("value_loss", 0.0) + float(vloss.detach())
         loss.backward()
         with torch.no_grad():
             acc["loss"] += float(loss.detach())
             acc["pg_loss"] += float((pg.detach() * m).sum()) / n_tok
-            acc["clip_frac"] += float((clipped * m).sum()) / n_tok
+            acc["clip_frac"] += float(clipped.sum()) / n_tok
             acc["entropy"] += float((entropy_from_logits(logits.detach()) * m).sum()) / n_tok
     return dict(acc)
