@@ -59,7 +59,7 @@ def evaluate(
     model_dir: str | Path,
     env: Any,
     n: int = 16,
-    num_problems: int = 100,
+    num_problems: int = 200,
     max_new_tokens: int = 5,
     seed: int = 1234,
 ) -> dict[str, Any]:
