@@ -62,7 +62,13 @@ def run_verirl(problems: list[dict], repeat: int, workers: int, batch: int) -> t
 
     with DockerPool(workers=workers, batch_size=batch) as pool:  # warm pool: not timed
         jobs = [
-            Job("function", p["prompt"] + p["canonical_solution"], p["test"], p["entry_point"])
+            Job(
+                "function",
+                p["prompt"] + p["canonical_solution"],
+                p["test"],
+                p["entry_point"],
+                prelude=p["prompt"],  # the test's helpers (as the humaneval env passes them)
+            )
             for _ in range(repeat)
             for p in problems
         ]

@@ -157,12 +157,12 @@ class DockerPool(Sandbox):
                 old = self._sessions.pop(ctr.id, None)
                 if old is not None:
                     old.close()
-            if state in ("ok", "eof") and not self._closed:
-                # The runner died (a job killed it): the next session starts a fresh runner,
-                # which first kills whatever that job left behind.
+            if state == "ok" and not self._closed:
                 self._idle.put(ctr)
             else:
-                # A container whose runner hung or broke is replaced, never reused.
+                # A container whose runner died (a job killed it), hung or broke is replaced,
+                # never reused: the orphans of a killed runner become zombies that its pid 1
+                # (``sleep``) never reaps, and each would hold a slot of the pids cap.
                 self._discard(ctr)
                 if not self._closed:
                     try:

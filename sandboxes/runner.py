@@ -9,11 +9,12 @@ from one sample to the next. It prints one JSON line per job: ``{"i", "start"}``
 result after. Verdicts are NOT decided here: the host compares marshalled values (see
 ``verirl.sandboxes.sandbox`` for the threat model).
 
-Function jobs run a HumanEval-style ``check(candidate)`` test whose ``assert`` statements are
-rewritten so that each comparison's operands are marshalled to plain data (exact builtin types
-only, see `encode`) and reported, with a per-job nonce, through a private pipe; the candidate's
-return values are likewise reduced to plain copies. Stdio jobs run a program on a given stdin
-and return its stdout.
+Function jobs run in two processes: a non-dumpable harness that runs only the trusted prelude
+and the HumanEval-style ``check(candidate)`` test, whose ``assert`` statements are rewritten so
+that each comparison's operands are marshalled to plain data (exact builtin types only, see
+`encode`) and reported, with a per-job nonce, through a pipe only the harness holds; and the
+solution process it forks, which runs the program and answers calls of the entry point over
+two pipes with plain data. Stdio jobs run a program on a given stdin and return its stdout.
 """
 
 from __future__ import annotations
@@ -129,21 +130,128 @@ def rewrite_test(test):
     return compile(ast.fix_missing_locations(tree), "<test>", "exec")
 
 
-def _test_imports(tree_src):
-    names = []
-    for node in ast.walk(ast.parse(tree_src)):
-        if isinstance(node, ast.Import):
-            names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.append(node.module)
-    return names
+class _SolutionGone(Exception):
+    """The solution process exited or was killed while the harness waited on it."""
+
+
+class _SolutionMemory(Exception):
+    """The solution process ran out of memory (MemoryError there)."""
+
+
+def _send(fd, obj, _dumps=json.dumps, _write=os.write):
+    data = (_dumps(obj) + "\n").encode("utf-8", "surrogatepass")
+    while data:
+        data = data[_write(fd, data) :]
+
+
+def _serve_solution(job, req_fd, resp_fd):
+    """Solution process: run the program, then answer calls of the entry point with plain data.
+
+    It holds no report channel: whatever it does (patch anything, walk frames, scan memory,
+    start threads) only changes the plain values it sends back, which the harness decodes."""
+    _encode, _exit, _type, _str, _rest = encode, os._exit, type, str, _restore
+
+    def send(fd, obj, _send=_send):
+        for live, saved in snap:
+            _rest(live, saved)
+        _send(fd, obj)
+
+    # What replying needs (the builtins, json, os, this module) is restored after every call:
+    # patches only this process's own replies could suffer from are still undone, so a
+    # program that patches builtins gets its honest verdict, not a crash.
+    mods = [builtins, json, sys.modules.get("json.encoder"), sys.modules.get("json.decoder"), os]
+    snap = [(m.__dict__, dict(m.__dict__)) for m in mods if m is not None]
+    snap.append((encode.__globals__, dict(encode.__globals__)))
+    try:
+        code = compile(job["code"], "<solution>", "exec")
+    except (SyntaxError, ValueError) as e:
+        send(resp_fd, ["compile_error", f"{type(e).__name__}: {e}"])
+        _exit(0)
+    ns = {"__name__": "solution", "__builtins__": builtins}
+    try:
+        exec(code, ns)
+        fn = ns.get(job["entry_point"])
+    except BaseException as e:  # SystemExit included
+        send(resp_fd, ["raised", _type(e).__name__, _str(e)[:500]])
+        _exit(0)
+    for live, saved in snap:
+        _rest(live, saved)
+    if not callable(fn):
+        send(resp_fd, ["missing_entry", f"the solution defines no {job['entry_point']!r}"])
+        _exit(0)
+    send(resp_fd, ["ready"])
+    requests = os.fdopen(req_fd, "rb")
+    while True:
+        line = requests.readline()
+        if not line:
+            _exit(0)
+        try:
+            wire_args, wire_kwargs = json.loads(line)
+            args, kwargs = decode(wire_args), decode(wire_kwargs)
+            result = fn(*args, **kwargs)
+            for live, saved in snap:
+                _rest(live, saved)
+            out = ["ok", _encode(result)]
+        except NotPlain as e:
+            out = ["notplain", _str(e)]
+        except BaseException as e:
+            out = ["raised", _type(e).__name__, _str(e)[:500]]
+        send(resp_fd, out)
+
+
+def _restore(live, saved, _len=len):
+    # Identity, not ==: a planted object with a lying __eq__ must not look unchanged.
+    if _len(live) != _len(saved) or any(live.get(k, _restore) is not v for k, v in saved.items()):
+        live.clear()
+        live.update(saved)
+
+
+def _solution_reply(line):
+    """Harness side: one reply of the solution process, strictly decoded (it is untrusted)."""
+    if not line:
+        raise _SolutionGone("the solution process exited or was killed")
+    try:
+        msg = json.loads(line)
+    except (ValueError, RecursionError):
+        raise _SolutionGone("malformed reply from the solution process") from None
+    if not isinstance(msg, list) or not msg or not isinstance(msg[0], str):
+        raise _SolutionGone("malformed reply from the solution process")
+    return msg
+
+
+def _raise_reply(msg):
+    """Re-raise an exception of the solution in the harness: builtin Exception types keep
+    their type (a test may catch ValueError), anything else becomes a RuntimeError."""
+    name, text = str(msg[1]), str(msg[2]) if len(msg) > 2 else ""
+    if name == "MemoryError":
+        raise _SolutionMemory(text)
+    exc = builtins.__dict__.get(name)
+    if isinstance(exc, type) and issubclass(exc, Exception):
+        try:
+            err = exc(text)
+        except Exception:
+            err = RuntimeError(f"{name}: {text}")
+    else:
+        err = RuntimeError(f"{name}: {text}")
+    raise err
 
 
 def _run_function(job, report_fd):
-    """Child side of a function job. Captures everything it needs BEFORE the solution runs,
-    so patched builtins/modules cannot alter the report; exits without running atexit hooks."""
-    _write, _exit, _repr, _encode = os.write, os._exit, repr, encode
+    """Harness side of a function job; it never executes solution code.
+
+    It makes itself non-dumpable (a same-uid process can then neither ptrace it nor open its
+    /proc/<pid>/mem, fd or environ), forks the solution process (which does not inherit the
+    report fd), runs the prelude and the test itself, and calls the candidate across a pair of
+    pipes with plain-data arguments and replies. Exits without running atexit hooks."""
+    _prctl(4, 0)  # PR_SET_DUMPABLE = 0 (setuid reset it), before any solution code exists
+    _write, _exit, _repr, _encode, _decode = os.write, os._exit, repr, encode, decode
     nonce, records = job["nonce"], []
+    if os.geteuid() == 0 and not _drop_capabilities():
+        # Root inside a user namespace (the process backend run by a non-root user): with its
+        # capabilities the solution could ptrace this process despite it being non-dumpable.
+        data = f"{nonce}:{('test_error', 'cannot drop capabilities')!r}\n".encode()
+        _write(report_fd, data)
+        _exit(0)
 
     def report(obj):
         data = (nonce + ":" + _repr(obj) + "\n").encode("utf-8", "surrogatepass")
@@ -164,91 +272,83 @@ def _run_function(job, report_fd):
 
     try:
         test_code = rewrite_test(job["test"])
-        imports = _test_imports(job["test"])
     except SyntaxError as e:
         report(("test_error", f"test does not compile: {e}"))
         _exit(0)
-    guarded = []
-    for name in imports:
+    req_r, req_w = os.pipe()
+    resp_r, resp_w = os.pipe()
+    sol = os.fork()
+    if sol == 0:  # the solution process: only its two pipe ends and fds 0-2 stay open
         try:
-            __import__(name)
-            guarded.append(sys.modules[name])
-        except Exception:
-            pass  # the test itself will fail on it; that is reported as a test error
-    # Snapshot every module namespace: patches made by the solution (to builtins, math, this
-    # runner...) are undone before the test runs, and those of the test's own imports again
-    # after every call of the candidate. The test sees a private copy of the builtins.
-    snapshot = [(m, dict(m.__dict__)) for m in list(sys.modules.values()) if m is not None]
-    guarded_snap = [(m, d) for m, d in snapshot if m in guarded]
-    modules_before = dict(sys.modules)
+            lo, hi = sorted((req_r, resp_w))
+            os.closerange(3, lo)
+            os.closerange(lo + 1, hi)
+            os.closerange(hi + 1, 4096)
+            del nonce, report  # no report channel here; the nonce alone forges nothing
+            _serve_solution(job, req_r, resp_w)
+        finally:
+            _exit(70)
+    os.close(req_r)
+    os.close(resp_w)
+    replies = os.fdopen(resp_r, "rb")
     clean_builtins = dict(builtins.__dict__)
     # The test sees the helpers of the trusted prelude (the prompt: e.g. HumanEval/32's poly),
-    # executed before any solution code, so a completion cannot redefine them under the test.
-    prelude_ns = None
+    # executed here, in the harness: a completion cannot redefine them under the test.
+    test_ns = {"__name__": "prelude", "__builtins__": clean_builtins}
     if job.get("prelude"):
-        prelude_ns = {"__name__": "prelude", "__builtins__": clean_builtins}
         try:
-            exec(compile(job["prelude"], "<prelude>", "exec"), prelude_ns)
+            exec(compile(job["prelude"], "<prelude>", "exec"), test_ns)
         except BaseException:
-            prelude_ns = None
-    _restore_one, _decode, _NotPlain = _restore, decode, NotPlain
-    try:
-        sol_code = compile(job["code"], "<solution>", "exec")
-    except (SyntaxError, ValueError) as e:
-        report(("compile_error", f"{type(e).__name__}: {e}"))
-        _exit(0)
-    sol_ns = {"__name__": "solution", "__builtins__": builtins}
+            test_ns = {"__name__": "prelude"}
+
+    def candidate(*args, **kwargs):
+        # Arguments and the reply cross as plain data: what the test compares is a plain copy.
+        try:
+            request = [_encode(args), _encode(kwargs)]
+        except NotPlain as e:
+            raise TypeError(f"argument is not plain data: {e}") from None
+        _send(req_w, request)
+        msg = _solution_reply(replies.readline())
+        if msg[0] == "ok":
+            try:
+                return _decode(msg[1])
+            except Exception:
+                raise _SolutionGone("malformed value from the solution process") from None
+        if msg[0] == "notplain":
+            raise NotPlain(str(msg[1]) if len(msg) > 1 else "?")
+        if msg[0] == "raised":
+            _raise_reply(msg)
+        raise _SolutionGone("malformed reply from the solution process")
+
     phase = "solution"
     try:
-        exec(sol_code, sol_ns)
-        sys.settrace(None)
-        sys.setprofile(None)
-        sys.modules.clear()
-        sys.modules.update(modules_before)
-        for m, d in snapshot:
-            _restore_one(m, d)
-        entry = job["entry_point"]
-        if entry not in sol_ns:
-            report(("missing_entry", f"the solution defines no {entry!r}"))
+        msg = _solution_reply(replies.readline())
+        if msg[0] in ("compile_error", "missing_entry"):
+            report((msg[0], str(msg[1]) if len(msg) > 1 else ""))
             _exit(0)
-        candidate = sol_ns[entry]
-
-        def plain_candidate(*args, **kwargs):
-            # Return a plain copy: what the test compares cannot lie about its value.
-            try:
-                return _decode(_encode(candidate(*args, **kwargs)))
-            finally:
-                for m, d in guarded_snap:
-                    _restore_one(m, d)
-
-        if prelude_ns is not None:
-            test_ns = dict(prelude_ns)
-        else:  # no usable prelude: the solution's names, minus any that shadow a builtin
-            test_ns = {k: v for k, v in sol_ns.items() if k not in clean_builtins}
+        if msg[0] == "raised":
+            _raise_reply(msg)
+        if msg[0] != "ready":
+            raise _SolutionGone("malformed reply from the solution process")
         test_ns.update(__builtins__=clean_builtins, __vr_cmp=vr_cmp, __vr_truth=vr_truth)
-        test_ns[entry] = plain_candidate  # tests may call it by name (HumanEval/33)
+        test_ns[job["entry_point"]] = candidate  # tests may call it by name (HumanEval/33)
         phase = "test"
         exec(test_code, test_ns)
-        test_ns["check"](plain_candidate)
-    except _NotPlain as e:
+        test_ns["check"](candidate)
+    except NotPlain as e:
         report(("notplain", f"candidate returned a non-plain {e}"))
         _exit(0)
-    except MemoryError:
+    except (MemoryError, _SolutionMemory):
         report(("memory", f"MemoryError in {phase}"))
+        _exit(0)
+    except _SolutionGone as e:
+        report(("raised", f"solution: {e}"))
         _exit(0)
     except BaseException as e:  # SystemExit included: exiting early is not passing
         report(("raised", f"{phase}: {type(e).__name__}: {str(e)[:500]}"))
         _exit(0)
     report(("done", records))
     _exit(0)
-
-
-def _restore(m, d, _len=len):
-    # Identity, not ==: a planted object with a lying __eq__ must not look unchanged.
-    md = m.__dict__
-    if _len(md) != _len(d) or any(md.get(k, _restore) is not v for k, v in d.items()):
-        md.clear()
-        md.update(d)
 
 
 def _run_stdio(job):
@@ -282,6 +382,27 @@ def _prctl(option, value):
         ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
     except Exception:
         pass
+
+
+def _drop_capabilities():
+    """Drop every capability for good (bounding, ambient, effective, permitted, inheritable;
+    securebits so that uid 0 regains none on execve; no_new_privs). True if none is left."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(28, 0x03, 0, 0, 0)  # PR_SET_SECUREBITS: NOROOT | NOROOT_LOCKED
+        for cap in range(64):
+            libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
+        libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL
+        header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, self
+        libc.capset(header, (ctypes.c_uint32 * 6)())
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        with open("/proc/self/status") as f:
+            caps = {ln.split(":")[0]: ln.split()[1] for ln in f if ln.startswith("Cap")}
+        return all(int(caps[k], 16) == 0 for k in ("CapEff", "CapPrm", "CapBnd"))
+    except Exception:
+        return False
 
 
 def _descendants():

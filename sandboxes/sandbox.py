@@ -19,26 +19,30 @@ ones whose owner died (caller crash, SIGKILL), ``close()``/atexit removes its ow
 
 Verdicts are decided here, on the trusted side, never from the program's exit code:
 - stdio problems: the program's stdout is compared with the expected output by the host;
-- function problems (HumanEval ``check(candidate)``): every ``assert`` of the test is rewritten
-  so that its operands, marshalled to plain data with exact builtin types (``type(v) is int``,
-  recursively), are reported and the comparison itself is made by the host; the candidate's
-  return values are reduced to plain copies before the test sees them; module and builtin
-  patches made by the solution are undone before the test runs (and the test's imports again
-  after every call of the candidate); the test sees a private copy of the builtins and the
-  helpers of the trusted prelude (the prompt), not the solution's redefinitions; the report
-  carries a per-run
-  random nonce and goes through a pipe fd, and is accepted only if it says the test function
-  returned. Hence ``sys.exit(0)``, ``os._exit(0)``, atexit hooks, patched builtins, a lying
-  ``__eq__``, ``int`` subclasses, exceptions, and killing the runner (the sample is re-run
-  alone and scored ``error``) never produce a pass.
+- function problems (HumanEval ``check(candidate)``): the test and the solution run in two
+  different processes. The harness process runs only trusted code (the prompt as prelude,
+  whose helpers the test sees, and the test); it makes itself non-dumpable (a same-uid
+  process can neither ptrace it nor open its ``/proc/<pid>/mem``, ``fd`` or ``environ``),
+  drops every capability where it runs as root in a user namespace, and only then forks the
+  solution process, which never inherits the report fd. The solution process runs the
+  program and serves calls of the entry point over a pair of pipes: arguments and return
+  values cross as plain data with exact builtin types (``type(v) is int``, recursively;
+  anything else is ``notplain``), exceptions as their type name. Every ``assert`` of the test
+  is rewritten so that its operands are reported as plain data and the comparison itself is
+  made by the host; the report carries a per-run random nonce and is accepted only if it
+  says the test function returned. Hence ``sys.exit(0)``, ``os._exit(0)``, atexit hooks,
+  patched builtins, a lying ``__eq__``, ``int`` subclasses, exceptions, frame walking
+  (``sys._getframe``), ``gc`` or ``ctypes`` memory scans, threads that keep patching, and
+  ptrace or ``/proc`` access to the harness never produce a pass: whatever the solution
+  does, it only controls the plain values it returns. Killing or stopping the harness is
+  scored ``error`` or ``timeout``; killing the runner re-runs the sample alone (``error``)
+  and the container is replaced.
 
 What it does NOT protect against
 --------------------------------
-- Code that introspects the harness's own interpreter (``gc.get_objects()``, frame or closure
-  walking, ``ctypes``) can find the nonce and forge a function-test report. This needs
-  deliberate, targeted exploit code; stdio verdicts are immune since the program only ever
-  controls its own stdout. Likewise a background thread started by the solution could race
-  the test and re-patch a module between two statements of the test.
+- The solution process is forked from the runner without ``exec``, so its memory still
+  holds copies of the batch, nonces included; a nonce is useless without the report fd,
+  which only the harness holds, but it is not secret from the solution.
 - Kernel or container-runtime escapes: the engine's seccomp profile is used when the engine
   has one (``verirl sandbox doctor`` says), but a kernel bug is out of scope.
 - Timing side channels, and CPU contention between concurrent containers.
@@ -87,7 +91,9 @@ class Job:
     code: str
     test: str = ""
     entry_point: str = ""
-    prelude: str = ""  # trusted code whose names the test sees (HumanEval: the prompt)
+    # Trusted code whose names the test sees (HumanEval: the prompt). The test runs apart
+    # from the solution: without a prelude it sees only the candidate, none of its helpers.
+    prelude: str = ""
     stdin: str = ""
     timeout: float = 10.0
     memory_mb: int = 512

@@ -92,7 +92,7 @@ CASES: dict[str, tuple[str, set[str]]] = {
     "forged_report": (
         "import os\nfor fd in range(3, 1024):\n    try:\n"
         "        os.write(fd, b\"x:('done', [])\\n\")\n    except OSError:\n        pass\n" + WRONG,
-        {"incorrect"},
+        {"incorrect", "error"},  # the forged line garbles the solution's reply channel
     ),
     "kill_parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n" + OK, {"error"}),
     # Kills the runner where it may (Docker: same uid); elsewhere it kills nothing of ours.
@@ -100,7 +100,11 @@ CASES: dict[str, tuple[str, set[str]]] = {
         "import os, signal\nos.kill(-1, signal.SIGKILL)\n" + OK,
         {"error", "correct"},
     ),
-    "stop_parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\n" + OK, {"error"}),
+    # Stops the harness process: the sample runs out of wall time (or stops the runner).
+    "stop_parent": (
+        "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\n" + OK,
+        {"error", "timeout"},
+    ),
     # The honest answer with a double-forked daemon left running: correct, but it must die.
     "double_fork_daemon": (
         "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
@@ -118,6 +122,161 @@ CASES: dict[str, tuple[str, set[str]]] = {
     ),
     "read_host_env": (probe(f"import os\nleak = {SECRET_ENV!r} in os.environ"), {"correct"}),
 }
+
+# Report forging: collect every nonce-like string and every function named `report` that the
+# program can reach, then write forged "done" reports to every fd and call those functions.
+FORGE = """
+import os, re
+_NONCE = re.compile(r"[0-9a-f]{32}")
+def _forge(values, raw=b""):
+    nonces, reports = set(_NONCE.findall(raw.decode("latin-1"))), []
+    for v in values:
+        if isinstance(v, (str, bytes)) and len(v) < 1 << 22:
+            nonces.update(_NONCE.findall(v if isinstance(v, str) else v.decode("latin-1")))
+        elif callable(v) and getattr(v, "__name__", "") == "report":
+            reports.append(v)
+    for r in reports:  # one forged line only: a second one would spoil the first
+        try:
+            r(("done", []))
+            os._exit(0)
+        except Exception:
+            pass
+    for n in nonces:
+        msg = (n + ":('done', [])\\n").encode()
+        for fd in range(3, 1024):
+            try:
+                os.write(fd, msg)
+            except OSError:
+                pass
+    os._exit(0)
+"""
+
+# Walk the call stack (and every closure cell on it) for the nonce and the report writer.
+FRAME_WALK = (
+    FORGE
+    + """
+import sys
+def add(a, b):
+    vals, f = [], sys._getframe()
+    while f is not None:
+        for v in list(f.f_locals.values()) + list(f.f_globals.values()):
+            vals.append(v)
+            vals += [c.cell_contents for c in getattr(v, "__closure__", None) or ()
+                     if hasattr(c, "cell_contents")]
+            if isinstance(v, dict):
+                vals += list(v.values())
+        f = f.f_back
+    _forge(vals)
+"""
+)
+
+GC_SCAN = (
+    FORGE
+    + """
+import gc
+def add(a, b):
+    vals = []
+    for o in gc.get_objects():
+        if isinstance(o, dict):
+            vals += list(o.values())
+        elif isinstance(o, (list, tuple)):
+            vals += list(o)
+        elif callable(o):
+            vals.append(o)
+    _forge(vals)
+"""
+)
+
+# Read the process's own memory with ctypes, region by region.
+CTYPES_SCAN = (
+    FORGE
+    + """
+import ctypes
+def add(a, b):
+    raw = []
+    for line in open("/proc/self/maps"):
+        addr, perms = line.split()[:2]
+        lo, hi = (int(x, 16) for x in addr.split("-"))
+        if perms.startswith("rw") and hi - lo < 64 << 20:
+            raw.append(ctypes.string_at(lo, hi - lo))
+    _forge([], b"".join(raw))
+"""
+)
+
+# A thread that keeps re-patching builtins and forging reports while the test runs.
+PATCHING_THREAD = (
+    FORGE.replace("    os._exit(0)", "")
+    + """
+import builtins, gc, sys, threading
+def _patch():
+    while True:
+        builtins.repr = lambda o: "3"
+        builtins.isinstance = lambda *a: True
+        vals = [v for f in sys._current_frames().values() for v in f.f_locals.values()]
+        for f in sys._current_frames().values():
+            while f is not None:
+                vals += list(f.f_locals.values())
+                vals += [c.cell_contents for v in f.f_locals.values()
+                         for c in getattr(v, "__closure__", None) or ()]
+                f = f.f_back
+        _forge(vals + [v for o in gc.get_objects() if isinstance(o, dict) for v in o.values()])
+threading.Thread(target=_patch, daemon=True).start()
+"""
+    + WRONG
+)
+
+# Reach into the parent (the harness) through /proc: memory, environment, fds.
+PROC_PARENT = """
+import os
+leak = False
+p = os.getppid()
+for path in (f"/proc/{p}/mem", f"/proc/{p}/environ", f"/proc/{p}/fd/0"):
+    try:
+        with open(path, "rb") as f:
+            if path.endswith("mem"):
+                start = int(open(f"/proc/{p}/maps").read().split("-")[0], 16)
+                f.seek(start)
+            leak = leak or len(f.read(16)) > 0
+    except (OSError, ValueError):
+        pass
+try:
+    leak = leak or len(os.listdir(f"/proc/{p}/fd")) > 0
+except OSError:
+    pass
+"""
+
+# Attach to the harness with ptrace, or read its memory with process_vm_readv.
+PTRACE_PARENT = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+p = os.getppid()
+leak = False
+for req in (16, 0x4206):  # PTRACE_ATTACH, PTRACE_SEIZE
+    if libc.ptrace(req, p, 0, 0) == 0:
+        leak = True
+        libc.ptrace(17, p, 0, 0)  # PTRACE_DETACH
+class IOVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+buf = ctypes.create_string_buffer(16)
+try:
+    start = int(open(f"/proc/{p}/maps").read().split("-")[0], 16)
+except (OSError, ValueError):
+    start = 0x400000
+local, remote = IOVec(ctypes.addressof(buf), 16), IOVec(start, 16)
+if libc.process_vm_readv(p, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) > 0:
+    leak = True
+"""
+
+CASES.update(
+    {
+        "frame_walk_forge": (FRAME_WALK, {"error", "incorrect"}),
+        "gc_scan_forge": (GC_SCAN, {"error", "incorrect"}),
+        "ctypes_memory_forge": (CTYPES_SCAN, {"error", "incorrect"}),
+        "patching_thread": (PATCHING_THREAD, {"error", "incorrect"}),
+        "proc_parent_mem_environ_fd": (probe(PROC_PARENT), {"correct"}),
+        "ptrace_parent": (probe(PTRACE_PARENT), {"correct"}),
+    }
+)
 
 # Processes in a container other than pid 1, this probe, and the pool's persistent runner.
 LIST_PIDS = """
@@ -138,8 +297,11 @@ DOCKER_ONLY: dict[str, tuple[str, set[str]]] = {
     # Runs right after the daemon in the same runner: sees no trace of it.
     "no_leak_from_previous": (
         probe(
-            f"import os\nleak = os.path.exists('/tmp/{MARKER}') or any(\n"
-            "    p.isdigit() and int(p) not in (1, os.getpid(), os.getppid())\n"
+            # The solution process's parent is the harness, whose parent is the runner.
+            "import os\nppid = open(f'/proc/{os.getppid()}/status').read()\n"
+            "runner = int(ppid.split('PPid:')[1].split()[0])\n"
+            f"leak = os.path.exists('/tmp/{MARKER}') or any(\n"
+            "    p.isdigit() and int(p) not in (1, os.getpid(), os.getppid(), runner)\n"
             "    and open(f'/proc/{p}/status').read().find('State:\\tZ') < 0\n"
             "    and os.stat(f'/proc/{p}').st_uid == os.getuid()\n"
             "    for p in os.listdir('/proc'))"
@@ -260,3 +422,29 @@ def test_solution_cannot_redefine_prompt_helpers_or_builtins(kind, request):
     runs = sandbox.run(jobs)
     got = [function_verdict(r, j.nonce).status for r, j in zip(runs, jobs, strict=True)]
     assert got == ["incorrect", "correct"]
+
+
+def test_process_backend_in_a_user_namespace_drops_capabilities(monkeypatch):
+    """Run by a non-root user, the process backend's programs are root in a user namespace:
+    the harness drops every capability first, so they cannot ptrace or read it either."""
+    import shutil
+
+    from verirl.sandboxes.process import ProcessSandbox
+
+    exe = shutil.which("unshare")
+    sb = ProcessSandbox(workers=1)
+    try:
+        sb.prefix = (exe or "unshare", "--net", "--pid", "--fork", "--kill-child", "--user")
+        sb.prefix += ("--map-root-user",)
+        sb.drop_uid = None
+        names = ["honest", "ptrace_parent", "proc_parent_mem_environ_fd", "frame_walk_forge"]
+        verdicts = _run_cases(sb, {n: CASES[n] for n in names}, monkeypatch)
+    finally:
+        sb.close()
+    got = {n: v.status for n, v in verdicts.items()}
+    if got["honest"] == "infra_error" or exe is None:
+        pytest.fail(f"unshare --user does not work here: {verdicts['honest'].detail}")
+    assert got["honest"] == "correct"
+    assert got["ptrace_parent"] == "correct"  # the probe found no way in
+    assert got["proc_parent_mem_environ_fd"] == "correct"
+    assert got["frame_walk_forge"] in ("error", "incorrect")
