@@ -55,8 +55,10 @@ permitted (then every leftover process dies with the namespace), and uid 65534 w
 root. It does NOT isolate the filesystem: a program can read any file its uid can read
 (``/etc/passwd``, the repository) and write where that uid may write; without ``unshare`` it
 has the host's network. Concurrent runners share one uid, hence one RLIMIT_NPROC budget: a
-fork bomb can make a neighbouring sample's ``fork`` fail. Use it for trusted-ish code or where
-Docker cannot run.
+fork bomb can make a neighbouring sample's ``fork`` fail. Where the programs' uid can write
+the Python installation (a user-owned interpreter run through a user namespace), a program
+could plant a module that the test harness imports afterwards. Use it for trusted-ish code or
+where Docker cannot run.
 """
 
 from __future__ import annotations
