@@ -52,6 +52,10 @@ class RolloutSection(StrictModel):
     batch_size: int | None = Field(
         default=None, ge=1, description="max sequences per generate call"
     )
+    vllm: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vllm backend settings (VLLMOptions fields, e.g. gpu_memory_utilization)",
+    )
     score_workers: int = Field(default=4, ge=1, description="threads scoring completions")
 
 

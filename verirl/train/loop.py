@@ -118,7 +118,12 @@ def prepare(cfg: TrainConfig, resume_dir: Path | None = None) -> Run:
         model=model,
         tokenizer=tok,
         model_path=cfg.model.path,
-        **({"batch_size": cfg.rollout.batch_size} if cfg.rollout.backend == "hf" else {}),
+        # The vllm engine loads `model.path` itself; under LoRA that is the base model.
+        **(
+            {"batch_size": cfg.rollout.batch_size}
+            if cfg.rollout.backend == "hf"
+            else dict(cfg.rollout.vllm)
+        ),
     )
     run = Run(cfg, run_dir, model, tok, env, rows, engine, opt, sched, ref, value_head)
     if resume_dir is not None:
