@@ -290,6 +290,16 @@ def _run_function(job, report_fd):
             _exit(70)
     os.close(req_r)
     os.close(resp_w)
+
+    def finish(_kill=os.kill, _waitpid=os.waitpid):
+        # Kill and reap the solution process here, so it never lingers as an orphan.
+        try:
+            _kill(sol, signal.SIGKILL)
+            _waitpid(sol, 0)
+        except OSError:
+            pass
+        _exit(0)
+
     replies = os.fdopen(resp_r, "rb")
     clean_builtins = dict(builtins.__dict__)
     # The test sees the helpers of the trusted prelude (the prompt: e.g. HumanEval/32's poly),
@@ -325,7 +335,7 @@ def _run_function(job, report_fd):
         msg = _solution_reply(replies.readline())
         if msg[0] in ("compile_error", "missing_entry"):
             report((msg[0], str(msg[1]) if len(msg) > 1 else ""))
-            _exit(0)
+            finish()
         if msg[0] == "raised":
             _raise_reply(msg)
         if msg[0] != "ready":
@@ -337,18 +347,18 @@ def _run_function(job, report_fd):
         test_ns["check"](candidate)
     except NotPlain as e:
         report(("notplain", f"candidate returned a non-plain {e}"))
-        _exit(0)
+        finish()
     except (MemoryError, _SolutionMemory):
         report(("memory", f"MemoryError in {phase}"))
-        _exit(0)
+        finish()
     except _SolutionGone as e:
         report(("raised", f"solution: {e}"))
-        _exit(0)
+        finish()
     except BaseException as e:  # SystemExit included: exiting early is not passing
         report(("raised", f"{phase}: {type(e).__name__}: {str(e)[:500]}"))
-        _exit(0)
+        finish()
     report(("done", records))
-    _exit(0)
+    finish()
 
 
 def _run_stdio(job):
