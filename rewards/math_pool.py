@@ -188,6 +188,9 @@ class CheckerPool:
                 code = f"from verirl.rewards.math_pool import _zygote; _zygote({theirs.fileno()}, {self.memory_mb})"
                 # the caller's sys.path, so a source checkout works like an install
                 env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+                # vLLM's CPU platform puts torch's libgomp (and tcmalloc) into LD_PRELOAD of the
+                # trainer process; checkers run sympy only and must stay small.
+                env.pop("LD_PRELOAD", None)
                 self._zygote = subprocess.Popen(
                     [sys.executable, "-c", code],
                     pass_fds=[theirs.fileno()],

@@ -3,6 +3,7 @@ and the worker pool's safety: hard deadlines, threads, clean shutdown, no torch.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -181,6 +182,22 @@ def test_math_reward_and_workers_never_load_torch(pool):
     assert math_reward(r"\boxed{\sqrt{8}}", r"2\sqrt{2}", pool).ok
     maps = Path(f"/proc/{pool._zygote.pid}/maps").read_text()
     assert "torch" not in maps and "vllm" not in maps
+
+
+def test_checkers_drop_the_ld_preload_vllm_cpu_sets(monkeypatch):
+    # vLLM's CPU platform preloads torch's libgomp into the trainer's environment; the zygote
+    # must not inherit it (seen in a full test run after the vLLM tests).
+    spec = importlib.util.find_spec("torch")
+    assert spec is not None and spec.submodule_search_locations
+    gomp = Path(next(iter(spec.submodule_search_locations))) / "lib" / "libgomp.so.1"
+    assert gomp.exists()
+    monkeypatch.setenv("LD_PRELOAD", str(gomp))
+    with CheckerPool(workers=1, timeout_s=5.0) as p:
+        p.start(wait=True)
+        assert math_reward(r"\boxed{\sqrt{8}}", r"2\sqrt{2}", p).ok
+        assert p._zygote is not None
+        maps = Path(f"/proc/{p._zygote.pid}/maps").read_text()
+    assert "torch" not in maps
 
 
 def test_batch_keeps_order_and_validates_lengths(pool):
