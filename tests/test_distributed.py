@@ -85,8 +85,8 @@ def train_step(ctx: DistContext, model_dir: str, strategy: str, lora: bool) -> d
     """One optimizer step on this rank's groups of the global batch, as the loop does it:
     token-mean loss normalised by the global token count, gradient accumulation over
     micro-batches with the all-reduce only on the last one, clip, AdamW step."""
+    from verirl.algos import aggregate_loss, clipped_policy_loss, token_logprobs
     from verirl.train.model import forward_logits, pack
-    from verirl.train.objectives import aggregate_loss, clipped_policy_loss, token_logprobs
 
     model = load_model(model_dir, lora)
     if ctx.rank > 0:  # the wrap must start every rank from rank 0's weights
@@ -107,8 +107,10 @@ def train_step(ctx: DistContext, model_dir: str, strategy: str, lora: bool) -> d
             mb = batch.slice(s)
             logits, _ = forward_logits(model, mb)
             logp = token_logprobs(logits, mb.targets)
-            pg, _ = clipped_policy_loss(logp, logp.detach(), seq_adv[s, : logp.shape[1]], 0.2, 0.2)
-            loss = aggregate_loss(pg, mb.mask, "token-mean", n_tok)
+            pg, _ = clipped_policy_loss(
+                logp, logp.detach(), seq_adv[s, : logp.shape[1]], mb.mask, 0.2, 0.2
+            )
+            loss = aggregate_loss(pg, mb.mask, "token-mean", num_tokens=n_tok)
             loss.backward()
         loss_sum += float(loss.detach())
         if synced_early is None and not last and strategy == "ddp":
@@ -170,10 +172,10 @@ def grpo_run(ctx: DistContext, model_dir: str, out: Path, steps: int = 10) -> li
     import vr_train_envs
     from transformers import AutoTokenizer
 
+    from verirl.algos import aggregate_loss, grpo_advantages, token_logprobs
     from verirl.rollout.base import SamplingParams
     from verirl.rollout.hf import HFRolloutEngine
     from verirl.train.model import forward_logits
-    from verirl.train.objectives import aggregate_loss, grpo_advantages, token_logprobs
     from verirl.train.update import batch_rows, reward_stats, to_batch
 
     env = vr_train_envs.AsciiFractionEnv()
@@ -193,14 +195,17 @@ def grpo_run(ctx: DistContext, model_dir: str, out: Path, steps: int = 10) -> li
                                   [r for r in rows for _ in range(group)], workers=1)  # fmt: skip
         scored = reward_stats(results, (len(rows), group))
         batch = to_batch(groups, tok.pad_token_id, "cpu")
-        adv = grpo_advantages(scored["rewards"], scored["valid"]).view(-1, 1) * batch.mask
+        flat_r, flat_v = scored["rewards"].reshape(-1), scored["valid"].reshape(-1)
+        adv = grpo_advantages(flat_r, group, valid=flat_v).view(-1, 1) * batch.mask
         n_tok = loss_normalizer(batch.mask.sum(), ctx)
         opt.zero_grad()
         for s, last in micro_batches(len(batch.targets), 4):
             with no_sync_if(not last, model):
                 mb = batch.slice(s)
                 logp = token_logprobs(forward_logits(model, mb)[0], mb.targets)
-                loss = aggregate_loss(-adv[s, : logp.shape[1]] * logp, mb.mask, "token-mean", n_tok)
+                loss = aggregate_loss(
+                    -adv[s, : logp.shape[1]] * logp, mb.mask, "token-mean", num_tokens=n_tok
+                )
                 loss.backward()
         clip_grad_norm(list(model.parameters()), 1.0)
         opt.step()
@@ -280,10 +285,10 @@ def vllm_worker(model_dir: str, out: Path) -> None:
     rank pushes the (identical) new weights into its engine."""
     from transformers import AutoTokenizer
 
+    from verirl.algos import aggregate_loss, token_logprobs
     from verirl.rollout.base import SamplingParams
     from verirl.rollout.vllm import VLLMRolloutEngine
     from verirl.train.model import forward_logits, pack
-    from verirl.train.objectives import aggregate_loss, token_logprobs
 
     ctx = init_distributed()
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -300,7 +305,9 @@ def vllm_worker(model_dir: str, out: Path) -> None:
     batch = pack([c.prompt_token_ids for c in flat], [c.token_ids for c in flat], 0, "cpu")
     logits, _ = forward_logits(model, batch)
     nll = -token_logprobs(logits, batch.targets)
-    aggregate_loss(nll, batch.mask, "token-mean", loss_normalizer(batch.mask.sum(), ctx)).backward()
+    aggregate_loss(
+        nll, batch.mask, "token-mean", num_tokens=loss_normalizer(batch.mask.sum(), ctx)
+    ).backward()
     torch.optim.SGD(model.parameters(), lr=0.5).step()
     engine.update_weights(unwrap(model))
     after = engine.generate(["1+1="], 1, greedy)[0][0]
@@ -404,7 +411,7 @@ def test_two_rank_grpo_raises_reward_and_rank0_logs(two_ranks: Path) -> None:
 
 
 def test_global_whiten_equals_whole_batch(two_ranks: Path) -> None:
-    from verirl.train.objectives import masked_whiten
+    from verirl.algos import masked_whiten
 
     g = torch.Generator().manual_seed(7)
     x, mask = torch.randn(4, 5, generator=g), (torch.rand(4, 5, generator=g) > 0.3).float()
@@ -452,15 +459,16 @@ def test_bad_launch_env_and_options_are_clear_errors() -> None:
 
 
 def test_shard_groups_keeps_groups_whole_and_advantages_equal() -> None:
-    from verirl.train.objectives import grpo_advantages
+    from verirl.algos import grpo_advantages
 
     rewards = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
     valid = torch.ones_like(rewards)
     parts = []
     for rank in range(2):
         idx = list(shard_groups(4, DistContext(rank=rank, world_size=2)))
-        parts.append(grpo_advantages(rewards[idx], valid[idx]))
-    torch.testing.assert_close(torch.cat(parts), grpo_advantages(rewards, valid))
+        parts.append(grpo_advantages(rewards[idx].reshape(-1), 3, valid=valid[idx].reshape(-1)))
+    whole = grpo_advantages(rewards.reshape(-1), 3, valid=valid.reshape(-1))
+    torch.testing.assert_close(torch.cat(parts), whole)
     with pytest.raises(ConfigError, match=r"6 prompts .* does not split evenly over 4 ranks"):
         shard_groups(6, DistContext(rank=0, world_size=4))
 

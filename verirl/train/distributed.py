@@ -227,18 +227,29 @@ def loss_normalizer(local_count: torch.Tensor | float, ctx: DistContext) -> floa
 
 
 def global_masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, ctx: DistContext, eps: float = 1e-8
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    ctx: DistContext,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
 ) -> torch.Tensor:
-    """``objectives.masked_whiten`` with mean and variance over every rank's masked entries.
+    """``verirl.algos.masked_whiten`` with mean and unbiased variance over every rank's masked
+    entries.
 
     PPO whitens advantages over the whole batch; per-rank statistics would change the update.
     """
-    m = mask.float()
-    stats = all_reduce_sum(torch.stack([(x * m).sum(), m.sum()]).double(), ctx)
-    n = stats[1].clamp(min=1)
-    mean = (stats[0] / n).to(x.dtype)
-    var = all_reduce_sum(((x - mean) ** 2 * m).sum(), ctx) / n
-    return (x - mean) / (var.sqrt().to(x.dtype) + eps) * m
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    on = mask > 0
+    x = torch.where(on, x, 0.0)
+    stats = all_reduce_sum(torch.stack([x.sum(), on.sum()]).double(), ctx)
+    n = stats[1]
+    mean = (stats[0] / n.clamp(min=1)).to(x.dtype)
+    sq = all_reduce_sum(torch.where(on, (x - mean) ** 2, 0.0).sum().double(), ctx)
+    var = (sq / (n - 1).clamp(min=1)).to(x.dtype)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(on, out, 0.0)
 
 
 # How each trainer metric combines over ranks (a key ending in "/" is a prefix). Everything
