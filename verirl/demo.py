@@ -5,9 +5,11 @@
    addition (``write_sft_data``: 40 % right, the rest near misses), so the base is right
    sometimes (moderate pass@1) and usually within 16 tries (high pass@16);
 3. ``verirl train configs/demo_grpo.yaml``: GRPO from that base on the train split;
-4. evaluate base vs trained on held-out test problems: n samples each, pass@k by the unbiased
-   estimator of Chen et al. 2021 (``verirl.evals.passk``);
-5. write ``summary.json`` (pass@1/pass@16 base and trained, seconds), ``report.md`` and plots.
+4. ``verirl eval arithmetic``: the built-in pass@k suite (``evals/suites/arithmetic.yaml``) on
+   held-out test problems, base vs trained, by the unbiased estimator of Chen et al. 2021 with
+   bootstrap intervals, into ``eval/`` (summary.json, results.jsonl, passk.png, report.md);
+5. write ``summary.json`` (pass@1/pass@16 base and trained, seconds), ``report.md`` and the
+   GRPO curves plot.
 
 RL sharpens sampling toward answers the base already finds (Yue et al. 2025): expect pass@1
 to rise a lot and pass@16 to move little.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,41 +58,17 @@ def write_sft_data(env: Any, path: Path, p_correct: float = 0.4, seed: int = 0) 
     return path
 
 
-def evaluate(
-    model_dir: str | Path,
-    env: Any,
-    n: int = 16,
-    num_problems: int = 200,
-    max_new_tokens: int = 5,
-    seed: int = 1234,
-) -> dict[str, Any]:
-    """Sample `n` completions for each of the first `num_problems` test rows; pass@k curve."""
-    import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from verirl.evals.passk import pass_at_k_array
-    from verirl.rollout.base import SamplingParams
-    from verirl.rollout.hf import HFRolloutEngine
-
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    rows = list(env.rows("test"))[:num_problems]
-    prompts = [str(env.prompt(r)) for r in rows]
-    torch.manual_seed(seed)
-    engine = HFRolloutEngine(model, tok)
-    groups = engine.generate(prompts, n, SamplingParams(max_new_tokens=max_new_tokens))
-    texts = [c.text for g in groups for c in g]
-    results = env.score_batch(texts, [r for r in rows for _ in range(n)])
-    correct = np.array([r.ok for r in results]).reshape(len(rows), n).sum(-1)
-    ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n]
-    curve = {k: float(pass_at_k_array(n, correct, k).mean()) for k in ks}
-    return {"pass@k": curve, "n": n, "problems": len(rows)}
-
-
-def main(out_dir: str = "runs/demo") -> int:
+def main(
+    out_dir: str = "runs/demo",
+    sft_overrides: Sequence[str] = (),
+    grpo_overrides: Sequence[str] = (),
+    eval_overrides: Sequence[str] = (),
+) -> int:
+    """Run the demo into `out_dir` (emptied first). The overrides (``key=value``) go to the SFT
+    config, the GRPO config and the eval suite; tests use them to shrink the job."""
     from verirl.config import load_config
     from verirl.envs.registry import make_env
+    from verirl.evals import run_suite
     from verirl.tiny import build_tiny_model
     from verirl.train.config import SftConfig, TrainConfig
     from verirl.train.loop import train
@@ -107,29 +86,38 @@ def main(out_dir: str = "runs/demo") -> int:
     build_tiny_model(out / "tiny-model", hidden_size=128, num_layers=2, seed=0)
     common = [f"run_dir={out}"]
     print("[2/4] SFT warm start on imperfect demonstrations (configs/demo_sft.yaml)")
-    sft_over = [*common, f"model.path={out / 'tiny-model'}", f"data.path={out / 'sft_data.jsonl'}"]
+    sft_over = [
+        *common,
+        f"model.path={out / 'tiny-model'}",
+        f"data.path={out / 'sft_data.jsonl'}",
+        *sft_overrides,
+    ]
     sft_cfg = load_config(SftConfig, config_path("demo_sft.yaml"), sft_over)
     write_sft_data(make_env(sft_cfg.env.name, **sft_cfg.env.options), out / "sft_data.jsonl")
     sft(sft_cfg)
     t_sft = time.perf_counter() - t0
     print("[3/4] GRPO (configs/demo_grpo.yaml)")
-    grpo_cfg = load_config(
-        TrainConfig, config_path("demo_grpo.yaml"), [*common, f"model.path={out / 'sft/final'}"]
-    )
+    grpo_over = [*common, f"model.path={out / 'sft/final'}", *grpo_overrides]
+    grpo_cfg = load_config(TrainConfig, config_path("demo_grpo.yaml"), grpo_over)
     train(grpo_cfg)
     t_grpo = time.perf_counter() - t0 - t_sft
-    print("[4/4] evaluating base vs trained on held-out problems")
-    env = make_env(grpo_cfg.env.name, **grpo_cfg.env.options)
-    max_new = grpo_cfg.rollout.max_new_tokens
-    base = evaluate(out / "sft/final", env, max_new_tokens=max_new)
-    trained = evaluate(out / "grpo/final", env, max_new_tokens=max_new)
+    print("[4/4] pass@k suite `arithmetic`: base vs trained on held-out problems")
+    ev = run_suite(
+        "arithmetic",
+        {"base": out / "sft/final", "grpo": out / "grpo/final"},
+        out / "eval",
+        overrides=[f"sampling.max_tokens={grpo_cfg.rollout.max_new_tokens}", *eval_overrides],
+    )
+    base, trained = ev["models"]["base"], ev["models"]["grpo"]
+    ks = [k for k in ev["ks"] if f"pass@{k}" in base]
+    k_hi = max(ks)
     summary = {
-        "pass@1_base": base["pass@k"][1],
-        "pass@1_trained": trained["pass@k"][1],
-        "pass@16_base": base["pass@k"][16],
-        "pass@16_trained": trained["pass@k"][16],
-        "pass@k_base": base["pass@k"],
-        "pass@k_trained": trained["pass@k"],
+        "pass@1_base": base["pass@1"],
+        "pass@1_trained": trained["pass@1"],
+        f"pass@{k_hi}_base": base[f"pass@{k_hi}"],
+        f"pass@{k_hi}_trained": trained[f"pass@{k_hi}"],
+        "pass@k_base": {k: base[f"pass@{k}"] for k in ks},
+        "pass@k_trained": {k: trained[f"pass@{k}"] for k in ks},
         "eval_problems": base["problems"],
         "eval_samples_per_problem": base["n"],
         "seconds_sft": round(t_sft, 1),
@@ -138,35 +126,14 @@ def main(out_dir: str = "runs/demo") -> int:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_curves(out / "grpo", ("reward_mean", "entropy", "response_length"), "grpo_curves")
-    _plot_passk(out, base["pass@k"], trained["pass@k"])
-    _report(out, summary)
-    for k in ("pass@1_base", "pass@1_trained", "pass@16_base", "pass@16_trained"):
+    _report(out, summary, k_hi)
+    for k in ("pass@1_base", "pass@1_trained", f"pass@{k_hi}_base", f"pass@{k_hi}_trained"):
         print(f"{k:>16}: {summary[k]:.3f}")
     print(f"{'seconds_total':>16}: {summary['seconds_total']:.0f}")
     return 0
 
 
-def _plot_passk(out: Path, base: dict[int, float], trained: dict[int, float]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, curve in (("base (SFT)", base), ("GRPO", trained)):
-        ax.plot(list(curve), list(curve.values()), marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("k")
-    ax.set_ylabel("pass@k (held-out)")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "passk.png", dpi=100)
-    plt.close(fig)
-
-
-def _report(out: Path, s: dict[str, Any]) -> None:
+def _report(out: Path, s: dict[str, Any], k: int) -> None:
     lines = [
         "# verirl demo",
         "",
@@ -174,15 +141,17 @@ def _report(out: Path, s: dict[str, Any]) -> None:
         "against the exact-answer verifier, on 2-operand addition; "
         f"held-out: {s['eval_problems']} test problems x {s['eval_samples_per_problem']} samples.",
         "",
-        "| | pass@1 | pass@16 |",
+        f"| | pass@1 | pass@{k} |",
         "|---|---|---|",
-        f"| base (SFT) | {s['pass@1_base']:.3f} | {s['pass@16_base']:.3f} |",
-        f"| GRPO | {s['pass@1_trained']:.3f} | {s['pass@16_trained']:.3f} |",
+        f"| base (SFT) | {s['pass@1_base']:.3f} | {s[f'pass@{k}_base']:.3f} |",
+        f"| GRPO | {s['pass@1_trained']:.3f} | {s[f'pass@{k}_trained']:.3f} |",
         "",
         f"Time: SFT {s['seconds_sft']} s, GRPO {s['seconds_grpo']} s, "
         f"total {s['seconds_total']} s.",
         "",
-        "![pass@k](passk.png) ![GRPO curves](grpo/grpo_curves.png)",
+        "Full pass@k table with bootstrap intervals: [eval/report.md](eval/report.md).",
+        "",
+        "![pass@k](eval/passk.png) ![GRPO curves](grpo/grpo_curves.png)",
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))
