@@ -166,62 +166,6 @@ def fsdp2_resume(model: Any, opt: Any, model_dir: str, out: Path, ctx: DistConte
     return bool(state["opt"]["state"])  # the step left Adam moments to restore
 
 
-def grpo_run(ctx: DistContext, model_dir: str, out: Path, steps: int = 10) -> list[float]:
-    """A 2-rank GRPO loop built from the trainer's steps and this module's calls, on the toy
-    ASCII-fraction env of the trainer tests: returns the global reward_mean per step."""
-    import vr_train_envs
-    from transformers import AutoTokenizer
-
-    from verirl.algos import aggregate_loss, grpo_advantages, token_logprobs
-    from verirl.rollout.base import SamplingParams
-    from verirl.rollout.hf import HFRolloutEngine
-    from verirl.train.model import forward_logits
-    from verirl.train.update import batch_rows, reward_stats, to_batch
-
-    env = vr_train_envs.AsciiFractionEnv()
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    torch.manual_seed(0)
-    model = wrap_model(load_model(model_dir, lora=False), ctx, "ddp")
-    torch.manual_seed(rank_seed(0, ctx))  # ranks sample different completions
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
-    engine = HFRolloutEngine(unwrap(model), tok)
-    prompts_per_step, group = 4, 4
-    curve = []
-    for step in range(steps):
-        rows = batch_rows(env.rows(), step, prompts_per_step, seed=0)
-        rows = [rows[i] for i in shard_groups(len(rows), ctx)]
-        groups = engine.generate([env.prompt(r) for r in rows], group, SamplingParams(8))
-        results = env.score_batch([c.text for g in groups for c in g],
-                                  [r for r in rows for _ in range(group)], workers=1)  # fmt: skip
-        scored = reward_stats(results, (len(rows), group))
-        batch = to_batch(groups, tok.pad_token_id, "cpu")
-        flat_r, flat_v = scored["rewards"].reshape(-1), scored["valid"].reshape(-1)
-        adv = grpo_advantages(flat_r, group, valid=flat_v).view(-1, 1) * batch.mask
-        n_tok = loss_normalizer(batch.mask.sum(), ctx)
-        opt.zero_grad()
-        for s, last in micro_batches(len(batch.targets), 4):
-            with no_sync_if(not last, model):
-                mb = batch.slice(s)
-                logp = token_logprobs(forward_logits(model, mb)[0], mb.targets)
-                loss = aggregate_loss(
-                    -adv[s, : logp.shape[1]] * logp, mb.mask, "token-mean", num_tokens=n_tok
-                )
-                loss.backward()
-        clip_grad_norm(list(model.parameters()), 1.0)
-        opt.step()
-        n_ok = sum(r.counts_for_training for r in results)
-        row = all_reduce_metrics({"step": step + 1, **scored["stats"]}, ctx,
-                                 counts={"reward_mean": n_ok})  # fmt: skip
-        main_only(_append_jsonl)(out / "metrics.jsonl", row, ctx=ctx)
-        curve.append(row["reward_mean"])
-    return curve
-
-
-def _append_jsonl(path: Path, row: dict[str, float]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 def worker(model_dir: str, out: Path) -> None:
     """Body of each torchrun rank: every check, results to out/rank<r>.json and out/*.pt."""
     ctx = init_distributed()
@@ -273,7 +217,6 @@ def worker(model_dir: str, out: Path) -> None:
         res["resize_error"] = None
     except UserError as e:
         res["resize_error"] = str(e)
-    res["grpo_curve"] = grpo_run(ctx, model_dir, out)
     res["shard"] = list(shard_groups(GROUPS, ctx))
     res["workers"] = per_rank_workers(5, ctx)
     (out / f"rank{ctx.rank}.json").write_text(json.dumps(res))
@@ -399,15 +342,96 @@ def test_two_rank_context_metrics_and_rank0_writing(two_ranks: Path) -> None:
     assert (r0["workers"], r1["workers"]) == (3, 2)
 
 
-def test_two_rank_grpo_raises_reward_and_rank0_logs(two_ranks: Path) -> None:
-    r0, r1 = _ranks(two_ranks)
-    curve = r0["grpo_curve"]
-    assert curve == r1["grpo_curve"]  # every rank sees the global metric
-    assert sum(curve[-3:]) / 3 - sum(curve[:3]) / 3 > 0.15, curve
-    rows = [json.loads(x) for x in (two_ranks / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 11))  # one line per step: rank 0 only
-    assert [r["reward_mean"] for r in rows] == curve
-    assert sum(rows[0][k] for k in rows[0] if k.startswith("status/")) == 16  # both ranks
+# ---------------------------------------------------------------- `verirl train` under torchrun
+
+LAUNCHER = Path(__file__).with_name("vr_torchrun_verirl.py")
+
+
+def torchrun_train(cfg: Path, *args: str, procs: int = 2) -> subprocess.CompletedProcess[str]:
+    """`torchrun --standalone --nproc-per-node N <verirl> train CFG ARGS` (the launcher is the
+    `verirl` entry point with the trainer tests' toy environment registered)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           str(procs), str(LAUNCHER), "train", str(cfg), *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An unbroken 2-rank GRPO run of 8 steps (`whole`), and one stopped after 4 steps then
+    resumed to 8 under 2 ranks (`resumed`)."""
+    import vr_train_envs
+    import yaml
+
+    root = tmp_path_factory.mktemp("torchrun-train")
+    cfg = vr_train_envs.train_config(
+        tiny_model_dir, root, train={"steps": 8, "lr": 2e-2, "save_every": 4}
+    )
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    for proc in (
+        torchrun_train(root / "cfg.yaml", "name=whole"),
+        torchrun_train(root / "cfg.yaml", "name=resumed", "train.steps=4"),
+        torchrun_train(root / "cfg.yaml", "--resume", str(root / "resumed"), "train.steps=8"),
+    ):
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return root
+
+
+def test_verirl_train_under_torchrun_raises_reward_and_only_rank0_writes(
+    two_rank_runs: Path,
+) -> None:
+    from verirl.train.metrics import read_metrics
+
+    rows = read_metrics(two_rank_runs / "whole")
+    assert [r["step"] for r in rows] == list(range(1, 9))  # one line per step: rank 0 only
+    # statuses are summed over ranks: every completion of the global batch (16) once
+    assert all(sum(r[k] for k in r if k.startswith("status/")) == 16 for r in rows)
+    rewards = [r["reward_mean"] for r in rows]
+    assert sum(rewards[-3:]) / 3 - sum(rewards[:3]) / 3 > 0.15, rewards
+    samples = (two_rank_runs / "whole" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 8 * 4  # rank 0's samples (log.num_samples = 4) each step
+    assert sorted(p.name for p in (two_rank_runs / "whole" / "checkpoints").iterdir()) == [
+        "step-4",
+        "step-8",
+    ]
+    state = torch.load(
+        two_rank_runs / "whole" / "checkpoints" / "step-8" / "trainer_state.pt",
+        weights_only=False,
+    )
+    assert state["dist"]["world_size"] == 2 and len(state["dist"]["rng_per_rank"]) == 2
+    assert (two_rank_runs / "whole" / "final" / "config.json").exists()
+
+
+def test_verirl_train_under_torchrun_resumes_exactly(two_rank_runs: Path) -> None:
+    from verirl.train.metrics import read_metrics
+
+    keys = ("reward_mean", "loss", "grad_norm", "entropy", "response_length")
+    want = [{k: r[k] for k in keys} for r in read_metrics(two_rank_runs / "whole")]
+    got = [{k: r[k] for k in keys} for r in read_metrics(two_rank_runs / "resumed")]
+    assert len(got) == 8
+    assert got == want  # the resumed half equals the unbroken run's steps 5-8
+    assert len({r["reward_mean"] for r in want[4:]}) > 1  # the compared numbers do move
+
+
+def test_resume_with_another_world_size_is_a_clear_error(two_rank_runs: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(LAUNCHER), "train", "--resume", str(two_rank_runs / "resumed"),
+         "train.steps=9"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "written by 2 rank(s) but this run has 1" in proc.stderr
+    # and nothing was written: the run still ends at step 8
+    steps = (two_rank_runs / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert len(steps) == 8
+
+
+def test_prompts_that_do_not_split_over_ranks_fail_before_writing(
+    two_rank_runs: Path,
+) -> None:
+    proc = torchrun_train(two_rank_runs / "cfg.yaml", "name=odd", "algo.batch_size=12")
+    assert proc.returncode != 0
+    assert "3 prompts" in proc.stderr and "does not split evenly over 2 ranks" in proc.stderr
+    assert not (two_rank_runs / "odd").exists()
 
 
 def test_global_whiten_equals_whole_batch(two_ranks: Path) -> None:

@@ -244,6 +244,7 @@ class VLLMRolloutEngine(RolloutEngine):
         options: VLLMOptions | None = None,
         tokenizer: Any = None,
         batch_size: int | None = None,
+        launch: dict[str, Any] | None = None,
         **settings: Any,
     ):
         if model_path is None:
@@ -294,6 +295,8 @@ class VLLMRolloutEngine(RolloutEngine):
             kwargs["kv_cache_memory_bytes"] = int(kv_gib * 2**30)
         if opts.sleep_mode:
             kwargs["enable_sleep_mode"] = True
+        # Under torchrun on GPUs: `distributed.vllm_engine_options` (external launcher, TP, seed).
+        kwargs.update(launch or {})
         if VLLMRolloutEngine._live:
             raise RuntimeError(
                 "a vLLM rollout engine is already running in this process; close() it first "

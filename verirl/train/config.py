@@ -138,6 +138,19 @@ class LogSection(StrictModel):
     num_samples: int = Field(default=4, ge=0, description="completions written per sample dump")
 
 
+class DistributedSection(StrictModel):
+    """Used only when launched by ``torchrun`` (one process per device); ignored otherwise."""
+
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        default="auto", description="process-group backend (auto: nccl for cuda, else gloo)"
+    )
+    strategy: Literal["ddp"] = Field(
+        default="ddp",
+        description="model wrapping: DistributedDataParallel (full fine-tuning and LoRA)",
+    )
+    timeout_s: float = Field(default=1800.0, gt=0.0, description="collective timeout")
+
+
 class TrainConfig(StrictModel):
     """``verirl train``: RL from verifiable rewards."""
 
@@ -149,6 +162,7 @@ class TrainConfig(StrictModel):
     algo: AlgoSection = Field(default_factory=AlgoSection)
     train: TrainSection = Field(default_factory=TrainSection)
     log: LogSection = Field(default_factory=LogSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

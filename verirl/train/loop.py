@@ -4,6 +4,11 @@ checkpoint, in one function that reads top to bottom (``train``); its steps live
 
 Everything that can be wrong with the input (config, model path, environment, dataset columns)
 is checked in ``prepare`` before the run directory is created, so bad input leaves nothing.
+
+Under ``torchrun`` the same function runs on every rank (``distributed.py``): each rank
+generates and scores whole groups of its share of the step's prompts, the policy is wrapped in
+DDP (gradients averaged, all-reduced only on the last micro-batch), loss normalisers and PPO
+whitening use global counts, metrics are reduced over ranks, and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,7 @@ from verirl.envs.registry import make_env
 from verirl.errors import ConfigError, UserError
 from verirl.rollout import RolloutEngine, SamplingParams, make_engine
 from verirl.train import checkpoint as ckpt
+from verirl.train import distributed as dist
 from verirl.train.config import TrainConfig
 from verirl.train.metrics import MetricsLogger, plot_curves
 from verirl.train.model import Reference, ValueHead, load_policy, render_prompt
@@ -53,6 +60,10 @@ class Run:
     sched: torch.optim.lr_scheduler.LambdaLR
     ref: Reference | None
     value_head: ValueHead | None
+    ctx: dist.DistContext
+    device: str
+    policy: Any  # `model` as trained: wrapped in DDP when distributed, else `model` itself
+    critic: Any  # `value_head`, likewise
     start_step: int = 0
 
 
@@ -92,16 +103,39 @@ def make_run_dir(cfg: Any, resume: bool) -> Path:
     return run_dir
 
 
-def prepare(cfg: TrainConfig, resume_dir: Path | None = None) -> Run:
+def init_distributed(cfg: TrainConfig) -> tuple[dist.DistContext, str]:
+    """This process's place in a torchrun job (rank 0 of 1 otherwise) and its torch device."""
+    backend = cfg.distributed.backend
+    if backend == "auto":
+        backend = "nccl" if cfg.train.device.startswith("cuda") else "gloo"
+    ctx = dist.init_distributed(backend, cfg.distributed.timeout_s)
+    if ctx.world_size > 1:
+        prompts = cfg.algo.batch_size // cfg.algo.group_size
+        dist.shard_groups(prompts, ctx)  # raises unless the prompts split evenly over ranks
+    return ctx, (ctx.device if ctx.backend == "nccl" else cfg.train.device)
+
+
+def prepare(
+    cfg: TrainConfig,
+    resume_dir: Path | None = None,
+    ctx: dist.DistContext | None = None,
+    device: str | None = None,
+) -> Run:
+    ctx = ctx or dist.DistContext()
+    device = device or cfg.train.device
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     run_dir = resume_dir or make_run_dir(cfg, resume=False)
     env, rows = load_env(cfg)
     ckpt.seed_everything(cfg.train.seed)
-    model, tok = load_policy(cfg.model, cfg.train.device)
+    model, tok = load_policy(cfg.model, device)
     value_head = None
     if cfg.algo.name == "ppo":
-        value_head = ValueHead(model.config.hidden_size).to(cfg.train.device)
+        value_head = ValueHead(model.config.hidden_size).to(device)
+    # DDP starts every rank from rank 0's weights (it broadcasts them), before the optimizer
+    # and the reference copy are made from them.
+    policy = dist.wrap_model(model, ctx, cfg.distributed.strategy)
+    critic = dist.wrap_model(value_head, ctx, "ddp") if value_head is not None else None
     ref = None
     if cfg.algo.beta > 0:
         ref = Reference(cfg.algo.reference, model, cfg.algo.ema_decay)
@@ -122,13 +156,30 @@ def prepare(cfg: TrainConfig, resume_dir: Path | None = None) -> Run:
         **(
             {"batch_size": cfg.rollout.batch_size}
             if cfg.rollout.backend == "hf"
-            else dict(cfg.rollout.vllm)
+            else _vllm_settings(cfg, ctx, device)
         ),
     )
-    run = Run(cfg, run_dir, model, tok, env, rows, engine, opt, sched, ref, value_head)
+    run = Run(cfg, run_dir, model, tok, env, rows, engine, opt, sched, ref, value_head, ctx,
+              device, policy, critic)  # fmt: skip
+    if ctx.world_size > 1:  # ranks must not draw the same completions
+        torch.manual_seed(dist.rank_seed(cfg.train.seed, ctx))
     if resume_dir is not None:
         restore(run)
     return run
+
+
+def _vllm_settings(cfg: TrainConfig, ctx: dist.DistContext, device: str) -> dict[str, Any]:
+    """``rollout.vllm`` plus, under torchrun, one colocated engine per rank: on GPUs vLLM's
+    external launcher joins torchrun's world (each rank's engine on its own device); on CPU
+    each rank runs a plain in-process engine. Ranks seed their engines differently."""
+    settings = dict(cfg.rollout.vllm)
+    if ctx.world_size == 1:
+        return settings
+    tp = int(settings.get("tensor_parallel_size", 1))
+    if device.startswith("cuda"):
+        settings["launch"] = dist.vllm_engine_options(ctx, tp)
+    settings["seed"] = dist.rank_seed(int(settings.get("seed", 0)), ctx)
+    return settings
 
 
 def restore(run: Run) -> None:
@@ -136,6 +187,8 @@ def restore(run: Run) -> None:
     if last is None:
         raise UserError(f"{run.run_dir}: no checkpoint to resume from")
     state = ckpt.load_trainer_state(last)
+    # Every rank reads the same checkpoint (the run dir must be on a shared filesystem).
+    dist.check_world_size((state.get("dist") or {}).get("world_size"), run.ctx.world_size)
     ckpt.load_weights_into(run.model, last)
     run.opt.load_state_dict(state["optimizer"])
     run.sched.load_state_dict(state["scheduler"])
@@ -144,88 +197,131 @@ def restore(run: Run) -> None:
     if run.ref is not None:
         run.ref.load_state_dict(state.get("ref"))
     run.engine.update_weights(run.model)
-    ckpt.set_rng_state(state["rng"])
+    if run.ctx.world_size > 1:
+        dist.restore_dist_state(state["dist"], run.ctx)  # this rank's own RNG streams
+    else:
+        ckpt.set_rng_state(state["rng"])
     run.start_step = int(state["step"])
 
 
 def save(run: Run, step: int) -> None:
-    state = {
-        "optimizer": run.opt.state_dict(),
-        "scheduler": run.sched.state_dict(),
-        "value_head": run.value_head.state_dict() if run.value_head is not None else None,
-        "ref": run.ref.state_dict() if run.ref is not None else None,
-    }
-    ckpt.save_checkpoint(run.run_dir, step, run.model, run.tok, state)
+    """Checkpoint `step`: every rank calls it (the RNG states are gathered), rank 0 writes."""
+    per_rank = dist.dist_state(run.ctx)
+    if run.ctx.is_main:
+        state = {
+            "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(),
+            "value_head": run.value_head.state_dict() if run.value_head is not None else None,
+            "ref": run.ref.state_dict() if run.ref is not None else None,
+            "dist": per_rank,
+        }
+        ckpt.save_checkpoint(run.run_dir, step, run.model, run.tok, state)
+    dist.barrier(run.ctx)
 
 
 def train(cfg: TrainConfig, resume_dir: Path | None = None) -> Path:
-    """Run the RL loop; returns the run directory."""
-    run = prepare(cfg, resume_dir)  # raises on bad input before anything is written
+    """Run the RL loop; returns the run directory. Under torchrun, on every rank."""
+    ctx, device = init_distributed(cfg)
+    try:
+        return _train(cfg, resume_dir, ctx, device)
+    finally:
+        dist.shutdown(ctx)
+
+
+def _train(cfg: TrainConfig, resume_dir: Path | None, ctx: dist.DistContext, device: str) -> Path:
+    run = prepare(cfg, resume_dir, ctx, device)  # raises on bad input before anything is written
     a, r, t = cfg.algo, cfg.rollout, cfg.train
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    write_resolved_config(cfg, run.run_dir)
-    log = MetricsLogger(run.run_dir, cfg.log.tensorboard, keep_upto=run.start_step)
+    main = ctx.is_main
+    dist.barrier(ctx)  # every rank has checked the run dir before rank 0 creates it
+    if main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        write_resolved_config(cfg, run.run_dir)
+    log = (
+        MetricsLogger(run.run_dir, cfg.log.tensorboard, keep_upto=run.start_step) if main else None
+    )
     sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, tuple(r.stop))
-    batch_size = a.batch_size
+    batch_size = a.batch_size // ctx.world_size  # this rank's completions per step
     micro = t.micro_batch_size or batch_size
     pad = run.tok.pad_token_id
-    autocast = torch.autocast("cpu" if t.device == "cpu" else "cuda", torch.bfloat16,
+    autocast = torch.autocast("cpu" if device == "cpu" else "cuda", torch.bfloat16,
                               enabled=cfg.model.dtype == "bfloat16")  # fmt: skip
     pool = ThreadPoolExecutor(max_workers=1)
-    progress = _progress(cfg.log.progress, t.steps, run.start_step)
+    progress = _progress(cfg.log.progress and main, t.steps, run.start_step)
+    workers = dist.per_rank_workers(r.score_workers, ctx)  # a per-machine sandbox budget
+    mine = dist.shard_groups(a.batch_size // a.group_size, ctx)
+    trained = [m for m in (run.policy, run.critic) if m is not None]
+
+    def no_sync(accumulating: bool) -> Any:
+        return dist.no_sync_if(accumulating, *trained)
+
     try:
         for step in range(run.start_step, t.steps):
             t0 = time.perf_counter()
-            # 1. generate: G completions for each of P prompts, from the current policy
+            # 1. generate: G completions for each of this rank's P/W prompts
             rows = batch_rows(run.rows, step, a.batch_size // a.group_size, t.seed)
+            rows = [rows[i] for i in mine]
             prompts = [render_prompt(run.env.prompt(x), run.tok, cfg.model.chat_template)
                        for x in rows]  # fmt: skip
             groups = run.engine.generate(prompts, a.group_size, sampling)
             t_gen = time.perf_counter() - t0
             # 2. score in the background while old/ref logprobs and values are computed
-            scoring = score_async(pool, run.env, groups, rows, r.score_workers)
-            batch = to_batch(groups, pad, t.device)
+            scoring = score_async(pool, run.env, groups, rows, workers)
+            batch = to_batch(groups, pad, device)
             old_logp = old_values = ref_logp = None
             with autocast:
                 if a.epochs > 1 or run.value_head is not None:
                     old_logp, old_values = sequence_logprobs(run.model, batch, micro,
                                                              run.value_head)  # fmt: skip
                 if run.ref is not None:
-                    ref_model, ctx = run.ref.context(run.model)
-                    with ctx:
+                    ref_model, ref_ctx = run.ref.context(run.model)
+                    with ref_ctx:
                         ref_logp, _ = sequence_logprobs(ref_model, batch, micro)
             scored = reward_stats(scoring.result(), (len(rows), a.group_size))
             ro = Rollout(batch, scored["rewards"], scored["valid"], old_logp, ref_logp,
                          old_values, stats=scored["stats"])  # fmt: skip
-            # 3. advantages
-            (grpo_advantage if a.name == "grpo" else ppo_advantage)(ro, a)
+            # 3. advantages (a group lives on one rank; PPO whitens over all ranks' tokens)
+            if a.name == "grpo":
+                grpo_advantage(ro, a)
+            else:
+                ppo_advantage(ro, a, partial(dist.global_masked_whiten, ctx=ctx))
             # 4-5. loss and optimizer step, `epochs` times over the batch
             upd: dict[str, float] = {}
             grad_norm = 0.0
-            if ro.batch.mask.sum() > 0:  # all groups filtered or failed: nothing to learn
+            mask = ro.batch.mask
+            # global (tokens, sequences) / W: DDP's gradient mean is then the global batch's
+            n_tok = float(dist.all_reduce_sum(mask.sum(), ctx))
+            n_seq = float(dist.all_reduce_sum((mask.sum(-1) > 0).sum(), ctx))
+            norms = (max(n_tok, 1.0) / ctx.world_size, max(n_seq, 1.0) / ctx.world_size)
+            if n_tok > 0:  # all groups filtered or failed everywhere: nothing to learn
                 for _ in range(a.epochs):
                     run.opt.zero_grad(set_to_none=True)
                     with autocast:
-                        upd = policy_update(run.model, ro, a, micro, r.max_new_tokens,
-                                            run.value_head)  # fmt: skip
+                        upd = policy_update(
+                            run.policy, ro, a, micro, r.max_new_tokens, run.critic, norms,
+                            no_sync,
+                        )  # fmt: skip
                     params = [p for g in run.opt.param_groups for p in g["params"]]
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm))
+                    grad_norm = dist.clip_grad_norm(params, t.max_grad_norm)
                     run.opt.step()
                     run.sched.step()
                     if run.ref is not None:
                         run.ref.after_step(run.model)
             # 6. sync the rollout engine with the new weights
             sync_s = run.engine.update_weights(run.model)
-            # 7. log
+            # 7. log (metrics reduced over ranks; rank 0 writes)
             seconds = time.perf_counter() - t0
             n_gen = sum(len(c.token_ids) for g in groups for c in g)
-            row = {"step": step + 1, **ro.stats, **upd, "grad_norm": grad_norm,
+            row: dict[str, Any] = {**ro.stats, **upd, "grad_norm": grad_norm,
                    "lr": run.sched.get_last_lr()[0], "response_length": n_gen / batch_size,
                    "step_seconds": seconds, "gen_seconds": t_gen, "sync_seconds": sync_s,
                    "tokens_per_s": n_gen / seconds}  # fmt: skip
-            log.log(row)
-            if cfg.log.samples_every and (step + 1) % cfg.log.samples_every == 0:
-                log.samples(step + 1, _samples(groups, rows, prompts, scoring.result(), cfg))
+            if ctx.world_size > 1:
+                row = dist.all_reduce_metrics(row, ctx, _metric_counts(ro))
+            row = {"step": step + 1, **row}
+            if log is not None:
+                log.log(row)
+                if cfg.log.samples_every and (step + 1) % cfg.log.samples_every == 0:
+                    log.samples(step + 1, _samples(groups, rows, prompts, scoring.result(), cfg))
             progress.advance(row)
             # 8. checkpoint
             if (t.save_every and (step + 1) % t.save_every == 0) or step + 1 == t.steps:
@@ -233,14 +329,26 @@ def train(cfg: TrainConfig, resume_dir: Path | None = None) -> Path:
     finally:
         progress.close()
         pool.shutdown()
-        log.close()
+        if log is not None:
+            log.close()
         run.engine.close()
-    final = run.run_dir / "final"
-    shutil.rmtree(final, ignore_errors=True)
-    run.model.save_pretrained(str(final))
-    run.tok.save_pretrained(str(final))
-    plot_curves(run.run_dir, ("reward_mean", "pass_rate", "entropy"))
+    if main:
+        final = run.run_dir / "final"
+        shutil.rmtree(final, ignore_errors=True)
+        run.model.save_pretrained(str(final))
+        run.tok.save_pretrained(str(final))
+        plot_curves(run.run_dir, ("reward_mean", "pass_rate", "entropy"))
+    dist.barrier(ctx)
     return run.run_dir
+
+
+def _metric_counts(ro: Rollout) -> dict[str, float]:
+    """Weights of the per-sample means in the cross-rank reduction: the reward metrics average
+    over scored (valid) samples, which ranks may hold different numbers of."""
+    valid = float(ro.valid.sum())
+    return {
+        k: valid for k in ro.stats if k in ("reward_mean", "pass_rate") or k.startswith("reward/")
+    }
 
 
 def _samples(groups: Any, rows: Any, prompts: list[str], results: Any, cfg: TrainConfig) -> Any:

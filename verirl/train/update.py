@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,8 +132,11 @@ def grpo_advantage(ro: Rollout, algo: AlgoSection) -> None:
     ro.adv = adv.view(-1, 1) * ro.batch.mask  # [B, T]
 
 
-def ppo_advantage(ro: Rollout, algo: AlgoSection) -> None:
-    """Reward on the last token (minus β·k1 per token when KL is in the reward), then GAE."""
+def ppo_advantage(
+    ro: Rollout, algo: AlgoSection, whiten: Callable[..., torch.Tensor] = masked_whiten
+) -> None:
+    """Reward on the last token (minus β·k1 per token when KL is in the reward), then GAE.
+    `whiten` normalises advantages over the batch (across ranks when distributed)."""
     assert ro.old_values is not None
     ro.batch.mask = ro.batch.mask * ro.valid.view(-1, 1)
     mask = ro.batch.mask
@@ -141,7 +146,7 @@ def ppo_advantage(ro: Rollout, algo: AlgoSection) -> None:
         kl = kl_penalty(ro.old_logp, ro.ref_logp, "k1")
     token_r = kl_shaped_rewards(ro.rewards.view(-1), mask, kl, algo.beta)
     adv, ret = gae_advantages(token_r, ro.old_values, mask, algo.gamma, algo.lam)
-    ro.adv, ro.returns = masked_whiten(adv, mask), ret
+    ro.adv, ro.returns = whiten(adv, mask), ret
 
 
 def _cut(t: torch.Tensor | None, s: slice, width: int) -> torch.Tensor | None:
@@ -154,49 +159,78 @@ def policy_update(
     algo: AlgoSection,
     micro: int,
     max_new_tokens: int,
-    value_head: ValueHead | None = None,
+    value_head: Any = None,
+    normalizers: tuple[float, float] | None = None,
+    no_sync: Callable[[bool], AbstractContextManager[Any]] | None = None,
 ) -> dict[str, float]:
     """One optimisation pass over the batch with gradient accumulation (the caller steps).
 
     Loss per token: clipped policy loss (+ β·KL when in the loss) aggregated by `loss_agg` with
     whole-batch normalisers, so the accumulated gradient equals the full batch's; PPO adds
     `vf_coef` × the clipped value loss (token mean).
+
+    Data parallel (see ``distributed.py``): `normalizers` = (tokens, sequences) of the global
+    batch divided by the world size, so DDP's gradient mean is the global batch's gradient;
+    `no_sync(accumulating)` wraps every micro-step's forward and backward, skipping the
+    gradient all-reduce on all but the last. Without them: this batch's counts, no wrapper.
     """
     assert ro.adv is not None
     b = ro.batch
-    n_tok = float(b.mask.sum().clamp(min=1))
-    n_seq = float((b.mask.sum(-1) > 0).sum().clamp(min=1))
+    if normalizers is None:
+        normalizers = (
+            float(b.mask.sum().clamp(min=1)),
+            float((b.mask.sum(-1) > 0).sum().clamp(min=1)),
+        )
+    n_tok, n_seq = normalizers
     acc: dict[str, float] = dict.fromkeys(("loss", "pg_loss", "clip_frac", "entropy"), 0.0)
-    for s0 in range(0, b.targets.shape[0], micro):
-        s = slice(s0, s0 + micro)
-        mb = b.slice(s)
-        w = mb.targets.shape[1]
-        logits, h = forward_logits(model, mb, hidden=value_head is not None)
-        logp = token_logprobs(logits, mb.targets)  # [b, w]
-        old = _cut(ro.old_logp, s, w)
-        old = logp.detach() if old is None else old  # epochs = 1: ratio is 1, one forward
-        adv = ro.adv[s, :w]
-        m = mb.mask
-        pg, clipped = clipped_policy_loss(logp, old, adv, m, algo.clip_low, algo.clip_high)
-        per_tok = pg
-        if ro.ref_logp is not None:
-            kl = kl_penalty(logp, ro.ref_logp[s, :w], algo.kl_estimator)
-            acc["kl"] = acc.get("kl", 0.0) + float((kl.detach() * m).sum()) / n_tok
-            if algo.name == "grpo" or algo.kl_in == "loss":
-                per_tok = per_tok + algo.beta * kl
-        loss = aggregate_loss(per_tok, m, algo.loss_agg, max_len=float(max_new_tokens),
-                              num_tokens=n_tok, num_seqs=n_seq)  # fmt: skip
-        if value_head is not None:
-            assert ro.old_values is not None and ro.returns is not None
-            v = value_head(h)
-            vloss = value_loss(v, ro.old_values[s, :w], ro.returns[s, :w], m, algo.value_clip,
-                               num_tokens=n_tok)  # fmt: skip
-            loss = loss + algo.vf_coef * vloss
-            acc["value_loss"] = acc.get("value_loss", 0.0) + float(vloss.detach())
-        loss.backward()
-        with torch.no_grad():
-            acc["loss"] += float(loss.detach())
-            acc["pg_loss"] += float((pg.detach() * m).sum()) / n_tok
-            acc["clip_frac"] += float(clipped.sum()) / n_tok
-            acc["entropy"] += float((entropy_from_logits(logits.detach()) * m).sum()) / n_tok
+    rows = b.targets.shape[0]
+    for s0 in range(0, rows, micro):
+        with no_sync(s0 + micro < rows) if no_sync is not None else nullcontext():
+            _micro_step(model, ro, algo, slice(s0, s0 + micro), max_new_tokens, value_head,
+                        n_tok, n_seq, acc)  # fmt: skip
     return dict(acc)
+
+
+def _micro_step(
+    model: Any,
+    ro: Rollout,
+    algo: AlgoSection,
+    s: slice,
+    max_new_tokens: int,
+    value_head: Any,
+    n_tok: float,
+    n_seq: float,
+    acc: dict[str, float],
+) -> None:
+    """Forward and backward of one micro-batch; adds its metrics into `acc`."""
+    assert ro.adv is not None
+    mb = ro.batch.slice(s)
+    w = mb.targets.shape[1]
+    logits, h = forward_logits(model, mb, hidden=value_head is not None)
+    logp = token_logprobs(logits, mb.targets)  # [b, w]
+    old = _cut(ro.old_logp, s, w)
+    old = logp.detach() if old is None else old  # epochs = 1: ratio is 1, one forward
+    adv = ro.adv[s, :w]
+    m = mb.mask
+    pg, clipped = clipped_policy_loss(logp, old, adv, m, algo.clip_low, algo.clip_high)
+    per_tok = pg
+    if ro.ref_logp is not None:
+        kl = kl_penalty(logp, ro.ref_logp[s, :w], algo.kl_estimator)
+        acc["kl"] = acc.get("kl", 0.0) + float((kl.detach() * m).sum()) / n_tok
+        if algo.name == "grpo" or algo.kl_in == "loss":
+            per_tok = per_tok + algo.beta * kl
+    loss = aggregate_loss(per_tok, m, algo.loss_agg, max_len=float(max_new_tokens),
+                          num_tokens=n_tok, num_seqs=n_seq)  # fmt: skip
+    if value_head is not None:
+        assert ro.old_values is not None and ro.returns is not None
+        v = value_head(h)
+        vloss = value_loss(v, ro.old_values[s, :w], ro.returns[s, :w], m, algo.value_clip,
+                           num_tokens=n_tok)  # fmt: skip
+        loss = loss + algo.vf_coef * vloss
+        acc["value_loss"] = acc.get("value_loss", 0.0) + float(vloss.detach())
+    loss.backward()
+    with torch.no_grad():
+        acc["loss"] += float(loss.detach())
+        acc["pg_loss"] += float((pg.detach() * m).sum()) / n_tok
+        acc["clip_frac"] += float(clipped.sum()) / n_tok
+        acc["entropy"] += float((entropy_from_logits(logits.detach()) * m).sum()) / n_tok
