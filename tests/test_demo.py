@@ -31,13 +31,14 @@ def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path: Path) -> None:
         curve = summary[f"pass@k_{who}"]
         assert list(curve) == ["1", "2", "4"]
         assert 0.0 <= curve["1"] <= curve["2"] <= curve["4"] <= 1.0  # pass@k never falls with k
-        assert summary[f"pass@4_{who}"] == curve["4"]
+        for k in (1, 2, 4):
+            assert summary[f"pass@{k}_{who}"] == curve[str(k)]
     ev = json.loads((out / "eval" / "summary.json").read_text())
     assert set(ev["models"]) == {"base", "grpo"}
     assert ev["models"]["grpo"]["pass@1"] == summary["pass@1_trained"]
     for f in ("eval/passk.png", "eval/report.md", "eval/results.jsonl", "grpo/grpo_curves.png"):
         assert (out / f).stat().st_size > 0, f
     report = (out / "report.md").read_text()
-    assert "| GRPO |" in report and "eval/passk.png" in report
+    assert "| GRPO |" in report and "eval/passk.png" in report and "pass@4" in report
     steps = (out / "grpo" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in steps] == [1, 2, 3]

@@ -111,11 +111,13 @@ def main(
     base, trained = ev["models"]["base"], ev["models"]["grpo"]
     ks = [k for k in ev["ks"] if f"pass@{k}" in base]
     k_hi = max(ks)
-    summary = {
-        "pass@1_base": base["pass@1"],
-        "pass@1_trained": trained["pass@1"],
-        f"pass@{k_hi}_base": base[f"pass@{k_hi}"],
-        f"pass@{k_hi}_trained": trained[f"pass@{k_hi}"],
+    summary: dict[str, Any] = {}
+    for k in ks:  # pass@1_base, pass@1_trained, ..., pass@16_base, pass@16_trained, ...
+        summary[f"pass@{k}_base"], summary[f"pass@{k}_trained"] = (
+            base[f"pass@{k}"],
+            trained[f"pass@{k}"],
+        )
+    summary |= {
         "pass@k_base": {k: base[f"pass@{k}"] for k in ks},
         "pass@k_trained": {k: trained[f"pass@{k}"] for k in ks},
         "eval_problems": base["problems"],
@@ -126,14 +128,16 @@ def main(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_curves(out / "grpo", ("reward_mean", "entropy", "response_length"), "grpo_curves")
-    _report(out, summary, k_hi)
-    for k in ("pass@1_base", "pass@1_trained", f"pass@{k_hi}_base", f"pass@{k_hi}_trained"):
-        print(f"{k:>16}: {summary[k]:.3f}")
+    shown = sorted({1, 16, k_hi} & set(ks))
+    _report(out, summary, shown)
+    for k in shown:
+        for who in ("base", "trained"):
+            print(f"{f'pass@{k}_{who}':>16}: {summary[f'pass@{k}_{who}']:.3f}")
     print(f"{'seconds_total':>16}: {summary['seconds_total']:.0f}")
     return 0
 
 
-def _report(out: Path, s: dict[str, Any], k: int) -> None:
+def _report(out: Path, s: dict[str, Any], ks: list[int]) -> None:
     lines = [
         "# verirl demo",
         "",
@@ -141,10 +145,10 @@ def _report(out: Path, s: dict[str, Any], k: int) -> None:
         "against the exact-answer verifier, on 2-operand addition; "
         f"held-out: {s['eval_problems']} test problems x {s['eval_samples_per_problem']} samples.",
         "",
-        f"| | pass@1 | pass@{k} |",
-        "|---|---|---|",
-        f"| base (SFT) | {s['pass@1_base']:.3f} | {s[f'pass@{k}_base']:.3f} |",
-        f"| GRPO | {s['pass@1_trained']:.3f} | {s[f'pass@{k}_trained']:.3f} |",
+        "| | " + " | ".join(f"pass@{k}" for k in ks) + " |",
+        "|---" * (len(ks) + 1) + "|",
+        "| base (SFT) | " + " | ".join(f"{s[f'pass@{k}_base']:.3f}" for k in ks) + " |",
+        "| GRPO | " + " | ".join(f"{s[f'pass@{k}_trained']:.3f}" for k in ks) + " |",
         "",
         f"Time: SFT {s['seconds_sft']} s, GRPO {s['seconds_grpo']} s, "
         f"total {s['seconds_total']} s.",
