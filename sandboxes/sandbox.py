@@ -64,6 +64,7 @@ where Docker cannot run.
 from __future__ import annotations
 
 import atexit
+import os
 import secrets
 import threading
 import warnings
@@ -223,11 +224,34 @@ class Sandbox(ABC):
         return [r if r is not None else RunResult(infra="no result") for r in results]
 
 
+def machine_share(
+    total: int, local_rank: int | None = None, local_world_size: int | None = None
+) -> int:
+    """This process's share of a per-machine budget (sandbox workers): under ``torchrun`` the
+    LOCAL_WORLD_SIZE ranks on one host split `total` (shares differ by at most 1, each >= 1),
+    so together they run at most max(total, LOCAL_WORLD_SIZE). Read from torchrun's variables
+    when not given; a plain process gets all of it.
+
+    >>> [machine_share(5, r, 2) for r in (0, 1)], machine_share(3, 0, 1)
+    ([3, 2], 3)
+    """
+    if total < 1:
+        raise ValueError(f"workers per machine must be >= 1, got {total}")
+    if local_rank is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if local_world_size is None:
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    base, extra = divmod(total, local_world_size)
+    return max(1, base + (1 if local_rank < extra else 0))
+
+
 def make_sandbox(kind: SandboxKind = "auto", workers: int = 2, **options: Any) -> Sandbox:
     """The sandbox of `kind`; ``auto`` is Docker when an engine and the image are available,
-    else the process backend with a warning."""
+    else the process backend with a warning. `workers` is a per-machine budget: ranks of a
+    torchrun job on one host split it (``machine_share``)."""
     if kind not in ("docker", "process", "auto"):
         raise ValueError(f"sandbox must be 'docker', 'process' or 'auto', got {kind!r}")
+    workers = machine_share(workers)
     if kind in ("docker", "auto"):
         from verirl.sandboxes.docker_pool import DockerPool
         from verirl.sandboxes.engine import EngineUnavailable

@@ -546,6 +546,26 @@ def test_per_rank_workers_split_the_machine_pool() -> None:
         per_rank_workers(0, DistContext())
 
 
+def test_sandboxes_split_the_machine_budget_between_torchrun_ranks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from verirl.sandboxes.sandbox import make_sandbox
+
+    for rank, want in ((0, 3), (1, 2)):
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        box = make_sandbox("process", workers=5)
+        try:
+            assert box.workers == want
+        finally:
+            box.close()
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    box = make_sandbox("process", workers=5)
+    assert box.workers == 5  # a plain process gets the whole budget
+    box.close()
+
+
 def test_doctests() -> None:
     import doctest
 

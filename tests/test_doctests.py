@@ -27,6 +27,7 @@ MODULES = [
     "verirl.envs.math_envs",
     "verirl.rewards.code",
     "verirl.sandboxes.runner",
+    "verirl.sandboxes.sandbox",
 ]
 
 

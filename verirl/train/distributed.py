@@ -596,11 +596,14 @@ def per_rank_workers(total_per_machine: int, ctx: DistContext) -> int:
     """This rank's share of a per-machine limit (Docker sandbox pool), so the ranks on one
     host together run at most `total_per_machine` containers. Shares differ by at most 1;
     every rank gets at least 1 (so the bound becomes LOCAL_WORLD_SIZE if it is smaller).
+    ``make_sandbox`` applies it to every sandbox it builds.
 
     >>> [per_rank_workers(5, DistContext(local_rank=i, local_world_size=2)) for i in (0, 1)]
     [3, 2]
     """
-    if total_per_machine < 1:
-        raise ConfigError(f"workers per machine must be >= 1, got {total_per_machine}")
-    base, extra = divmod(total_per_machine, ctx.local_world_size)
-    return max(1, base + (1 if ctx.local_rank < extra else 0))
+    from verirl.sandboxes.sandbox import machine_share
+
+    try:
+        return machine_share(total_per_machine, ctx.local_rank, ctx.local_world_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

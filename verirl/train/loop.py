@@ -247,7 +247,6 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, ctx: dist.DistContext, dev
                               enabled=cfg.model.dtype == "bfloat16")  # fmt: skip
     pool = ThreadPoolExecutor(max_workers=1)
     progress = _progress(cfg.log.progress and main, t.steps, run.start_step)
-    workers = dist.per_rank_workers(r.score_workers, ctx)  # a per-machine sandbox budget
     mine = dist.shard_groups(a.batch_size // a.group_size, ctx)
     trained = [m for m in (run.policy, run.critic) if m is not None]
 
@@ -265,7 +264,7 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, ctx: dist.DistContext, dev
             groups = run.engine.generate(prompts, a.group_size, sampling)
             t_gen = time.perf_counter() - t0
             # 2. score in the background while old/ref logprobs and values are computed
-            scoring = score_async(pool, run.env, groups, rows, workers)
+            scoring = score_async(pool, run.env, groups, rows, r.score_workers)
             batch = to_batch(groups, pad, device)
             old_logp = old_values = ref_logp = None
             with autocast:
