@@ -23,6 +23,7 @@ from verirl.evals.suite import BootstrapSpec
 from verirl.config import StrictModel, parse_overrides, validate_config
 from verirl.errors import DataError
 from verirl.jsonl import read_jsonl
+from verirl.scoring import score_with_progress
 
 ID_KEYS = ("task_id", "id", "problem_id")
 
@@ -133,7 +134,7 @@ def score_samples(
         resolved = resolve_rows(samples, env, str(path), cfg.splits)
         texts = [s["completion"] for s in samples]
         rows = [r for _, r in resolved]
-        results = _score(env, texts, rows, cfg.workers, progress)
+        results = score_with_progress(env, texts, rows, cfg.workers, progress)
     groups: dict[tuple[str, str], list[str]] = {}
     for s, (pid, _), res in zip(samples, resolved, results, strict=True):
         model = str(s.get("model", path.stem))
@@ -148,20 +149,3 @@ def score_samples(
         "n": None,
     }
     return write_outputs(records, ks, cfg.bootstrap, out_dir, meta)
-
-
-def _score(
-    env: Environment, texts: list[str], rows: list[Row], workers: int | None, progress: bool
-) -> list[Any]:
-    if not progress:
-        return env.score_batch(texts, rows, workers=workers)
-    from rich.progress import Progress
-
-    chunk = max(1, min(256, len(rows) // 20))
-    results: list[Any] = []
-    with Progress(transient=False) as bar:
-        task = bar.add_task(f"scoring {len(rows)} samples with {env.name}", total=len(rows))
-        for i in range(0, len(rows), chunk):
-            results += env.score_batch(texts[i : i + chunk], rows[i : i + chunk], workers)
-            bar.update(task, advance=len(rows[i : i + chunk]))
-    return results

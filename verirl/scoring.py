@@ -29,7 +29,7 @@ def score_file(
     with make_env(env_name, **(env_options or {})) as env:
         env.validate_rows(rows, str(input_path), extra=("completion",))
         completions = [str(r["completion"]) for r in rows]
-        results = _score_with_progress(env, completions, rows, workers, progress)
+        results = score_with_progress(env, completions, rows, workers, progress)
     out = []
     for row, res in zip(rows, results, strict=True):
         new = dict(row)
@@ -41,9 +41,10 @@ def score_file(
     return Counter(r.status for r in results)
 
 
-def _score_with_progress(
+def score_with_progress(
     env: Any, completions: list[str], rows: list[dict], workers: int | None, progress: bool
 ) -> list[RewardResult]:
+    """``env.score_batch`` in chunks under a rich progress bar (plain when `progress` is off)."""
     if not progress or len(rows) < 2:
         return env.score_batch(completions, rows, workers=workers)
     from rich.progress import Progress
