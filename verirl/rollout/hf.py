@@ -24,11 +24,17 @@ from verirl.rollout.fastdecode import FastDecoder
 
 
 class HFRolloutEngine(RolloutEngine):
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int | None = None) -> None:
-        """`batch_size` caps sequences per `generate` call (None: all at once)."""
+    def __init__(
+        self, model: Any, tokenizer: Any, batch_size: int | None = None, synced: bool = False
+    ) -> None:
+        """`batch_size` caps sequences per `generate` call (None: all at once). `synced`: the
+        model is sharded over ranks (FSDP2), so every forward is a collective: decoding runs
+        all `max_new_tokens` steps on every rank (with stop strings, ``generate`` with
+        ``synced_gpus``, which keeps finished ranks stepping until all are done)."""
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.synced = synced
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token")
 
@@ -36,8 +42,14 @@ class HFRolloutEngine(RolloutEngine):
         self.model = model
         return 0.0
 
-    @torch.inference_mode()
     def generate(
+        self, prompts: list[str], n: int, sampling: SamplingParams
+    ) -> list[list[Completion]]:
+        # FSDP2 reuses its all-gather buffers in training: they must not become inference tensors.
+        with torch.no_grad() if self.synced else torch.inference_mode():
+            return self._generate(prompts, n, sampling)
+
+    def _generate(
         self, prompts: list[str], n: int, sampling: SamplingParams
     ) -> list[list[Completion]]:
         if sampling.seed is not None:
@@ -89,7 +101,8 @@ class HFRolloutEngine(RolloutEngine):
             toks.append(new)
             lps.append(lp)
             done = done | (new == eos)
-            if bool(done.all()) or t + 1 == sampling.max_new_tokens:
+            # Synced (sharded model): every rank runs the same number of forwards (collectives).
+            if (bool(done.all()) and not self.synced) or t + 1 == sampling.max_new_tokens:
                 break
             if fast is not None:
                 logits = fast.forward(new[:, None], torch.ones_like(done[:, None]), nxt_pos)
@@ -139,6 +152,7 @@ class HFRolloutEngine(RolloutEngine):
             return_dict_in_generate=True,
             output_logits=True,
             use_cache=True,
+            synced_gpus=self.synced,
         )
         if do_sample:
             kwargs.update(

@@ -144,7 +144,9 @@ def hf_named_weights(model: Any) -> Iterator[list[tuple[str, torch.Tensor]]]:
                     continue  # adapter factors (already merged) and shadowed copies
                 name = name.removeprefix("base_model.model.").replace(".base_layer", "")
                 name = name.replace("modules_to_save.default.", "")
-            weights.append((name, param.detach()))
+            t = param.detach()
+            full = getattr(t, "full_tensor", None)  # FSDP2 shard: gather (every rank calls)
+            weights.append((name, full() if full is not None else t))
         yield weights
     finally:
         if is_peft:

@@ -40,15 +40,24 @@ def seed_everything(seed: int) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, model: Any, tokenizer: Any, state: dict[str, Any]
+    run_dir: Path,
+    step: int,
+    model: Any,
+    tokenizer: Any,
+    state: dict[str, Any],
+    state_dict: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint `step`; `state` holds optimizer/scheduler/extra state dicts."""
+    """Write checkpoint `step`; `state` holds optimizer/scheduler/extra state dicts.
+    `state_dict`: the model's full weights when its parameters are sharded (FSDP2)."""
     root = run_dir / "checkpoints"
     final = root / f"step-{step}"
     tmp = root / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp))
+    if state_dict is not None:
+        model.save_pretrained(str(tmp), state_dict=state_dict)
+    else:
+        model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     torch.save({**state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)

@@ -144,9 +144,10 @@ class DistributedSection(StrictModel):
     backend: Literal["auto", "gloo", "nccl"] = Field(
         default="auto", description="process-group backend (auto: nccl for cuda, else gloo)"
     )
-    strategy: Literal["ddp"] = Field(
+    strategy: Literal["ddp", "fsdp2"] = Field(
         default="ddp",
-        description="model wrapping: DistributedDataParallel (full fine-tuning and LoRA)",
+        description="model wrapping: DistributedDataParallel (a full replica per rank), or "
+        "FSDP2 fully_shard (parameters, gradients and optimizer state sharded over ranks)",
     )
     timeout_s: float = Field(default=1800.0, gt=0.0, description="collective timeout")
 
@@ -176,6 +177,11 @@ class TrainConfig(StrictModel):
             and not (self.model.lora.enabled)
         ):
             raise ValueError("algo.reference 'lora_disabled' needs model.lora.enabled: true")
+        if self.distributed.strategy == "fsdp2" and self.algo.name == "ppo":
+            raise ValueError(
+                "distributed.strategy 'fsdp2' supports algo.name 'grpo' only (the PPO value head"
+                " would need its own sharded optimizer); use strategy 'ddp' for PPO"
+            )
         return self
 
 

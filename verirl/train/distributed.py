@@ -508,6 +508,7 @@ def load_full_state(
     opt: Any,
     model_state: Mapping[str, torch.Tensor] | None = None,
     optim_state: Mapping[str, Any] | None = None,
+    strict: bool = True,
 ) -> None:
     """Resume a wrapped model/optimizer from full (unsharded) states every rank has read from
     the checkpoint; FSDP2 keeps each rank's shard (collective). The optimizer state must come
@@ -519,14 +520,14 @@ def load_full_state(
             set_optimizer_state_dict,
         )
 
-        opts = StateDictOptions(full_state_dict=True)
+        opts = StateDictOptions(full_state_dict=True, strict=strict)
         if model_state is not None:
             set_model_state_dict(model, dict(model_state), options=opts)
         if optim_state is not None:
             set_optimizer_state_dict(model, opt, dict(optim_state), options=opts)
         return
     if model_state is not None:
-        unwrap(model).load_state_dict(model_state)
+        unwrap(model).load_state_dict(model_state, strict=strict)
     if optim_state is not None:
         opt.load_state_dict(optim_state)
 

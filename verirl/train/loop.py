@@ -132,12 +132,17 @@ def prepare(
     value_head = None
     if cfg.algo.name == "ppo":
         value_head = ValueHead(model.config.hidden_size).to(device)
+    fsdp = cfg.distributed.strategy == "fsdp2"
+    ref = None
+    if cfg.algo.beta > 0 and fsdp:  # copy the whole model now, then shard it like the policy
+        ref = Reference(cfg.algo.reference, model, cfg.algo.ema_decay)
+        if ref.model is not None:
+            dist.wrap_model(ref.model, ctx, "fsdp2")
     # DDP starts every rank from rank 0's weights (it broadcasts them), before the optimizer
-    # and the reference copy are made from them.
+    # and the reference copy are made from them; FSDP2 shards `model` in place.
     policy = dist.wrap_model(model, ctx, cfg.distributed.strategy)
     critic = dist.wrap_model(value_head, ctx, "ddp") if value_head is not None else None
-    ref = None
-    if cfg.algo.beta > 0:
+    if cfg.algo.beta > 0 and not fsdp:
         ref = Reference(cfg.algo.reference, model, cfg.algo.ema_decay)
     params: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     if value_head is not None:
@@ -154,7 +159,7 @@ def prepare(
         model_path=cfg.model.path,
         # The vllm engine loads `model.path` itself; under LoRA that is the base model.
         **(
-            {"batch_size": cfg.rollout.batch_size}
+            {"batch_size": cfg.rollout.batch_size, "synced": fsdp and ctx.distributed}
             if cfg.rollout.backend == "hf"
             else _vllm_settings(cfg, ctx, device)
         ),
@@ -189,12 +194,19 @@ def restore(run: Run) -> None:
     state = ckpt.load_trainer_state(last)
     # Every rank reads the same checkpoint (the run dir must be on a shared filesystem).
     dist.check_world_size((state.get("dist") or {}).get("world_size"), run.ctx.world_size)
-    ckpt.load_weights_into(run.model, last)
-    run.opt.load_state_dict(state["optimizer"])
+    if "policy_full" in state:  # FSDP2: full tensors of the trained parameters, resharded
+        dist.load_full_state(run.policy, run.opt, state["policy_full"], state["optimizer"],
+                             strict=False)  # fmt: skip
+    else:
+        ckpt.load_weights_into(run.model, last)
+        run.opt.load_state_dict(state["optimizer"])
     run.sched.load_state_dict(state["scheduler"])
     if run.value_head is not None:
         run.value_head.load_state_dict(state["value_head"])
-    if run.ref is not None:
+    if run.ref is not None and "policy_full" in state:
+        if state.get("ref") is not None:
+            dist.load_full_state(run.ref.model, None, state["ref"])
+    elif run.ref is not None:
         run.ref.load_state_dict(state.get("ref"))
     run.engine.update_weights(run.model)
     if run.ctx.world_size > 1:
@@ -206,17 +218,28 @@ def restore(run: Run) -> None:
 
 def save(run: Run, step: int) -> None:
     """Checkpoint `step`: every rank calls it (the RNG states are gathered), rank 0 writes."""
-    per_rank = dist.dist_state(run.ctx)
-    if run.ctx.is_main:
+    ctx = run.ctx
+    per_rank = dist.dist_state(ctx)
+    extra: dict[str, Any] = {}
+    full = None
+    if run.cfg.distributed.strategy == "fsdp2":  # gather the shards (collectives: all ranks)
+        full = dist.full_state_dict(run.policy, ctx)
+        trained = {n for n, p in run.policy.named_parameters() if p.requires_grad}
+        extra["policy_full"] = {k: v for k, v in (full or {}).items() if k in trained}
+        ema = run.ref is not None and run.ref.kind == "ema"
+        extra["ref"] = dist.full_state_dict(run.ref.model, ctx) if ema else None  # type: ignore[union-attr]
+    opt_state = dist.optimizer_state_dict(run.policy, run.opt, ctx)
+    if ctx.is_main:
         state = {
-            "optimizer": run.opt.state_dict(),
+            "optimizer": opt_state,
             "scheduler": run.sched.state_dict(),
             "value_head": run.value_head.state_dict() if run.value_head is not None else None,
             "ref": run.ref.state_dict() if run.ref is not None else None,
             "dist": per_rank,
+            **extra,
         }
-        ckpt.save_checkpoint(run.run_dir, step, run.model, run.tok, state)
-    dist.barrier(run.ctx)
+        ckpt.save_checkpoint(run.run_dir, step, run.model, run.tok, state, full)
+    dist.barrier(ctx)
 
 
 def train(cfg: TrainConfig, resume_dir: Path | None = None) -> Path:
@@ -331,10 +354,11 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, ctx: dist.DistContext, dev
         if log is not None:
             log.close()
         run.engine.close()
+    final = run.run_dir / "final"
     if main:
-        final = run.run_dir / "final"
         shutil.rmtree(final, ignore_errors=True)
-        run.model.save_pretrained(str(final))
+    dist.save_pretrained(run.policy, final, ctx)  # FSDP2 gathers the shards: every rank calls
+    if main:
         run.tok.save_pretrained(str(final))
         plot_curves(run.run_dir, ("reward_mean", "pass_rate", "entropy"))
     dist.barrier(ctx)
