@@ -471,6 +471,15 @@ def test_fsdp2_train_resumes_exactly_and_saves_the_full_model(fsdp2_runs: Path) 
         torch.testing.assert_close(p.detach(), state["policy_full"][name])
 
 
+def test_resume_with_another_strategy_is_a_clear_error(fsdp2_runs: Path) -> None:
+    run = fsdp2_runs / "resumed"
+    proc = torchrun_train(fsdp2_runs / "cfg.yaml", "--resume", str(run),
+                          "distributed.strategy=ddp", "train.steps=5")  # fmt: skip
+    assert proc.returncode != 0
+    assert "written with distributed.strategy=fsdp2; resume with the same" in proc.stderr
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4  # nothing more written
+
+
 def test_fsdp2_lora_trains_and_saves_its_adapter(fsdp2_runs: Path) -> None:
     from safetensors.torch import load_file
 

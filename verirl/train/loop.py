@@ -194,6 +194,12 @@ def restore(run: Run) -> None:
     state = ckpt.load_trainer_state(last)
     # Every rank reads the same checkpoint (the run dir must be on a shared filesystem).
     dist.check_world_size((state.get("dist") or {}).get("world_size"), run.ctx.world_size)
+    saved, now = state.get("strategy", "ddp"), run.cfg.distributed.strategy
+    if saved != now:  # the optimizer state's layout follows the strategy
+        raise UserError(
+            f"{last}: written with distributed.strategy={saved}; resume with the same"
+            f" (distributed.strategy={saved}), or start a new run from its weights"
+        )
     if "policy_full" in state:  # FSDP2: full tensors of the trained parameters, resharded
         dist.load_full_state(run.policy, run.opt, state["policy_full"], state["optimizer"],
                              strict=False)  # fmt: skip
@@ -220,7 +226,7 @@ def save(run: Run, step: int) -> None:
     """Checkpoint `step`: every rank calls it (the RNG states are gathered), rank 0 writes."""
     ctx = run.ctx
     per_rank = dist.dist_state(ctx)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"strategy": run.cfg.distributed.strategy}
     full = None
     if run.cfg.distributed.strategy == "fsdp2":  # gather the shards (collectives: all ranks)
         full = dist.full_state_dict(run.policy, ctx)
