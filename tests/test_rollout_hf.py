@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verirl.rollout.base import SamplingParams
-from verirl.rollout.hf import HFRolloutEngine
+from verirl.rollout.hf import HFRolloutEngine, _draw
 
 
 def test_generate_shapes_logprobs_and_seed(tiny_model_dir):
@@ -23,15 +23,28 @@ def test_generate_shapes_logprobs_and_seed(tiny_model_dir):
             assert c.finish_reason in ("stop", "length")
             if c.finish_reason == "stop":
                 assert c.token_ids[-1] == tok.eos_token_id
-    # Logprobs are the model's own: recompute with a forward pass.
-    c = out[1][2]
-    ids = torch.tensor([c.prompt_token_ids + c.token_ids])
-    with torch.no_grad():
-        logits = model(ids).logits[0, len(c.prompt_token_ids) - 1 : -1]
-    ref = torch.log_softmax(logits.float(), -1).gather(-1, ids[0, len(c.prompt_token_ids) :, None])
-    assert torch.allclose(ref.squeeze(-1), torch.tensor(c.logprobs), atol=1e-4)
+    # Logprobs are the model's own: recompute with a forward pass. Every sample, so the shorter
+    # (left-padded) prompt and the prefill shared by a prompt's n samples are both covered.
+    for c in (c for g in out for c in g):
+        ids = torch.tensor([c.prompt_token_ids + c.token_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(c.prompt_token_ids) - 1 : -1]
+        ref = torch.log_softmax(logits.float(), -1)
+        ref = ref.gather(-1, ids[0, len(c.prompt_token_ids) :, None]).squeeze(-1)
+        assert torch.allclose(ref, torch.tensor(c.logprobs), atol=1e-4)
     again = engine.generate(["1+1=", "12+30="], n=3, sampling=sp)
     assert [[x.token_ids for x in g] for g in again] == [[x.token_ids for x in g] for g in out]
     model.train()  # generate evaluates in eval mode and restores the caller's mode
     engine.generate(["1="], n=1, sampling=sp)
     assert model.training
+
+
+def test_draw_follows_the_distribution_and_never_picks_probability_zero():
+    torch.manual_seed(0)
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])  # zeros as top-k/top-p leave them
+    n = 40_000
+    draws = _draw(probs.expand(n, -1))
+    freq = torch.bincount(draws, minlength=5).float() / n
+    assert freq[1] == 0 and freq[4] == 0
+    assert torch.allclose(freq, probs, atol=0.01)  # 5 sigma at n = 40k
+    assert _draw(torch.tensor([[0.0, 0.0, 1.0]])).tolist() == [2]

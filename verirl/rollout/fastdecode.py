@@ -1,14 +1,22 @@
 """A lean KV-cached forward for Qwen2/Llama-style decoders, used by the HF rollout engine.
 
 For models of a few million parameters, transformers' forward spends most of each decode step in
-Python (mask building, cache classes, output wrappers), not in matrix products. This module
-runs the same computation straight from the model's own submodules (its Linear, RMSNorm and
-rotary-embedding modules, so weights and numerics are the model's): a preallocated K/V buffer
-per layer, one ``scaled_dot_product_attention`` call per layer with a boolean padding mask.
+Python (module calls, mask building, cache classes, output wrappers), not in matrix products.
+This module runs the same computation straight from the model's own parameters (its Linear,
+RMSNorm and embedding weights, its rotary frequencies), with no ``nn.Module`` call per step:
+
+- a preallocated K/V buffer per layer, written in place;
+- RoPE cos/sin looked up in a table computed once per decoder with the model's own rotary
+  module (the same values it computes per step: cos(pos·θ_i) is elementwise in pos);
+- RMSNorm as one fused ``F.rms_norm`` (Zhang & Sennrich 2019: x / √(mean x² + ε) · w);
+- prefill: one ``scaled_dot_product_attention`` per layer with a causal + padding mask;
+  decode (one query per row): softmax(q·Kᵀ·s + mask)·V as two batched matmuls over the valid
+  prefix, grouped-query heads sharing their K/V without copying them.
 
 Supported: plain (non-peft) ``Qwen2ForCausalLM``/``LlamaForCausalLM`` with full attention
-everywhere. Anything else returns None from ``FastDecoder.maybe`` and the engine falls back to
-the model's own forward. The rollout test checks the logprobs against a plain forward.
+everywhere, silu MLPs and position-independent RoPE scaling. Anything else returns None from
+``FastDecoder.maybe`` and the engine falls back to the model's own forward. The rollout test
+checks the logprobs against a plain forward.
 """
 
 from __future__ import annotations
@@ -21,9 +29,41 @@ import torch.nn.functional as F
 SUPPORTED = ("Qwen2ForCausalLM", "LlamaForCausalLM")
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def _bias(linear: Any) -> torch.Tensor | None:
+    b: torch.Tensor | None = linear.bias
+    return b
+
+
+class _Layer:
+    """One decoder layer's parameters (the model's own tensors, not copies)."""
+
+    def __init__(self, layer: Any) -> None:
+        att, mlp = layer.self_attn, layer.mlp
+        self.ln1, self.ln2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+        self.eps1 = float(layer.input_layernorm.variance_epsilon)
+        self.eps2 = float(layer.post_attention_layernorm.variance_epsilon)
+        self.q, self.qb = att.q_proj.weight, _bias(att.q_proj)
+        self.k, self.kb = att.k_proj.weight, _bias(att.k_proj)
+        self.v, self.vb = att.v_proj.weight, _bias(att.v_proj)
+        self.o, self.ob = att.o_proj.weight, _bias(att.o_proj)
+        self.gate, self.gb = mlp.gate_proj.weight, _bias(mlp.gate_proj)
+        self.up, self.ub = mlp.up_proj.weight, _bias(mlp.up_proj)
+        self.down, self.db = mlp.down_proj.weight, _bias(mlp.down_proj)
+        self.scale = float(att.scaling)
+
+
+def _rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """Qwen2/Llama RMSNorm: normalise in float32, cast back, then scale by w."""
+    if x.dtype == torch.float32 and w.dtype == torch.float32:
+        return F.rms_norm(x, w.shape, w, eps)
+    return w * F.rms_norm(x.float(), w.shape, None, eps).to(x.dtype)
+
+
+def _residual_linear(h: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: Any) -> torch.Tensor:
+    """h + x·wᵀ (+ b), as one addmm when there is no bias (x, h: [N, in], [N, out])."""
+    if b is None and h.dim() == 2:
+        return torch.addmm(h, x, w.t())
+    return h + F.linear(x, w, b)
 
 
 class FastDecoder:
@@ -31,16 +71,27 @@ class FastDecoder:
         self.model = model
         inner = model.model
         cfg = model.config
-        self.layers = list(inner.layers)
+        self.layers = [_Layer(layer) for layer in inner.layers]
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
-        p = next(model.parameters())
+        self.embed = inner.embed_tokens.weight
+        self.norm, self.norm_eps = inner.norm.weight, float(inner.norm.variance_epsilon)
+        self.lm_head, self.lm_bias = model.lm_head.weight, _bias(model.lm_head)
+        p = self.embed
         shape = (batch, self.n_kv, max_len, self.head_dim)
         self.k = [torch.empty(shape, dtype=p.dtype, device=p.device) for _ in self.layers]
         self.v = [torch.empty(shape, dtype=p.dtype, device=p.device) for _ in self.layers]
         self.len = 0
         self.valid = torch.zeros((batch, max_len), dtype=torch.bool, device=p.device)
+        # Additive key mask for decode steps: −inf on prompt padding, 0 elsewhere.
+        self.neg = torch.zeros((batch, max_len), dtype=p.dtype, device=p.device)
+        positions = torch.arange(max_len, device=p.device)[None]
+        cos, sin = inner.rotary_emb(p[:1], positions)  # [1, max_len, hd]
+        self.cos, self.sin = cos[0], sin[0]  # [max_len, hd]
+        # rotate_half(x)·sin = roll(x, hd/2)·[−sin₁, sin₂]: one roll instead of chunk/neg/cat.
+        half = self.head_dim // 2
+        self.sin_rot = torch.cat((-self.sin[:, :half], self.sin[:, half:]), dim=-1)
 
     @classmethod
     def maybe(cls, model: Any, batch: int, max_len: int) -> FastDecoder | None:
@@ -54,47 +105,82 @@ class FastDecoder:
             return None
         if getattr(model, "_hf_hook", None) is not None:  # offloaded/dispatched models
             return None
+        if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "pretraining_tp", 1) > 1:
+            return None
+        # Dynamic/long RoPE rescale with the sequence length: no fixed table.
+        rope = str(getattr(inner_rotary(model), "rope_type", "default"))
+        if "dynamic" in rope or rope == "longrope":
+            return None
         return cls(model, batch, max_len)
 
-    def forward(self, ids: torch.Tensor, valid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Append `ids` [B, T] (valid: [B, T] bool, pos: [B, T]) and return the logits of the
-        last position [B, V]."""
-        inner = self.model.model
-        b, t = ids.shape
-        start, end = self.len, self.len + t
-        self.valid[:, start:end] = valid
-        h = inner.embed_tokens(ids)
-        cos, sin = inner.rotary_emb(h, pos)  # [B, T, hd]
-        cos, sin = cos[:, None], sin[:, None]
-        keys_ok = self.valid[:, None, None, :end]  # [B, 1, 1, end]
-        if t > 1:  # prefill: causal, and a padding query attends to itself (never all-masked)
-            causal = torch.ones(t, end, dtype=torch.bool, device=ids.device).tril(start)
-            eye = torch.zeros(t, end, dtype=torch.bool, device=ids.device)
-            eye[:, start:end] = torch.eye(t, dtype=torch.bool, device=ids.device)
-            mask = (keys_ok & causal) | eye
-        else:
-            mask = keys_ok
-        for i, layer in enumerate(self.layers):
-            att = layer.self_attn
-            x = layer.input_layernorm(h)
-            q = att.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-            k = att.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-            v = att.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            self.k[i][:, :, start:end] = k
-            self.v[i][:, :, start:end] = v
-            o = F.scaled_dot_product_attention(
-                q,
-                self.k[i][:, :, :end],
-                self.v[i][:, :, :end],
-                attn_mask=mask,
-                scale=att.scaling,
-                enable_gqa=self.n_kv != self.n_heads,
-            )
-            h = h + att.o_proj(o.transpose(1, 2).reshape(b, t, -1))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin_rot: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(x * cos, x.roll(self.head_dim // 2, -1), sin_rot)
+
+    def prefill(
+        self, ids: torch.Tensor, valid: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
+        """Fill the empty cache with the prompts `ids` [U, T] (valid: [U, T] bool, pos: [U, T])
+        and return the logits of their last position, one row per cache row [B, V]. Cache row
+        b holds prompt `rows[b]` ([B] indices into U): a prompt sampled n times is run once,
+        its keys and values copied to its n rows."""
+        if self.len:
+            raise RuntimeError("prefill needs an empty cache")
+        u, t = ids.shape
+        self.valid[:, :t] = valid[rows]
+        self.neg[:, :t].masked_fill_(~self.valid[:, :t], float("-inf"))
+        h = F.embedding(ids, self.embed)  # [U, T, H]
+        cos, sin_rot = self.cos[pos][:, None], self.sin_rot[pos][:, None]  # [U, 1, T, hd]
+        # causal, and a padding query attends to itself (never all-masked)
+        eye = torch.eye(t, dtype=torch.bool, device=ids.device)
+        mask = (valid[:, None, None, :] & eye.cumsum(0).bool()) | eye  # [U, 1, T, T]
+        hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
+        for i, L in enumerate(self.layers):
+            x = _rms_norm(h, L.ln1, L.eps1)
+            q = F.linear(x, L.q, L.qb).view(u, t, nh, hd).transpose(1, 2)
+            k = F.linear(x, L.k, L.kb).view(u, t, nkv, hd).transpose(1, 2)
+            v = F.linear(x, L.v, L.vb).view(u, t, nkv, hd).transpose(1, 2)
+            q, k = self._rope(q, cos, sin_rot), self._rope(k, cos, sin_rot)
+            self.k[i][:, :, :t] = k[rows]
+            self.v[i][:, :, :t] = v[rows]
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=L.scale,
+                                               enable_gqa=nkv != nh)  # fmt: skip
+            h = h + F.linear(o.transpose(1, 2).reshape(u, t, -1), L.o, L.ob)
+            x = _rms_norm(h, L.ln2, L.eps2)
+            act = F.silu(F.linear(x, L.gate, L.gb)) * F.linear(x, L.up, L.ub)
+            h = h + F.linear(act, L.down, L.db)
+        self.len = t
+        last = _rms_norm(h[:, -1], self.norm, self.norm_eps)
+        return F.linear(last, self.lm_head, self.lm_bias)[rows]
+
+    def step(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Decode: append one token per row (`ids`, `pos`: [B]); logits of it [B, V]."""
+        b = ids.shape[0]
+        end = self.len + 1
+        hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
+        g = nh // nkv
+        h = F.embedding(ids, self.embed)  # [B, H]
+        cos, sin_rot = self.cos[pos][:, None], self.sin_rot[pos][:, None]  # [B, 1, hd]
+        neg = self.neg[:, None, None, :end]  # [B, 1, 1, end]
+        for i, L in enumerate(self.layers):
+            x = _rms_norm(h, L.ln1, L.eps1)
+            q = self._rope(F.linear(x, L.q, L.qb).view(b, nh, hd), cos, sin_rot)
+            self.k[i][:, :, end - 1] = self._rope(F.linear(x, L.k, L.kb).view(b, nkv, hd),
+                                                  cos, sin_rot)  # fmt: skip
+            self.v[i][:, :, end - 1] = F.linear(x, L.v, L.vb).view(b, nkv, hd)
+            keys, values = self.k[i][:, :, :end], self.v[i][:, :, :end]  # [B, nkv, end, hd]
+            # query heads kv·g … kv·g+g−1 share K/V head kv (transformers' repeat_kv order)
+            s = torch.matmul(q.view(b, nkv, g, hd), keys.transpose(-1, -2))  # [B, nkv, g, end]
+            p = torch.add(neg, s, alpha=L.scale).softmax(-1)
+            o = torch.matmul(p, values).view(b, nh * hd)  # [B, nkv, g, hd] -> [B, nh·hd]
+            h = _residual_linear(h, o, L.o, L.ob)
+            x = _rms_norm(h, L.ln2, L.eps2)
+            act = F.silu(F.linear(x, L.gate, L.gb)).mul_(F.linear(x, L.up, L.ub))
+            h = _residual_linear(h, act, L.down, L.db)
         self.len = end
-        last = inner.norm(h[:, -1])
-        logits: torch.Tensor = self.model.lm_head(last)
+        logits: torch.Tensor = F.linear(_rms_norm(h, self.norm, self.norm_eps), self.lm_head,
+                                        self.lm_bias)  # fmt: skip
         return logits
+
+
+def inner_rotary(model: Any) -> Any:
+    return getattr(getattr(model, "model", None), "rotary_emb", None)

@@ -81,39 +81,48 @@ class HFRolloutEngine(RolloutEngine):
         width = max(len(x) for x in ids)
         pad, eos = tok.pad_token_id, tok.eos_token_id
         device = next(model.parameters()).device
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
-        att = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
-        pos = (att.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at 0
         fast = FastDecoder.maybe(model, len(ids), width + sampling.max_new_tokens)
+        # The fast path prefills each distinct prompt once (n samples share its keys/values).
+        distinct: dict[tuple[int, ...], int] = {}
+        rows = [distinct.setdefault(tuple(x), len(distinct)) for x in ids]
+        run = [list(x) for x in distinct] if fast is not None else ids
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in run], device=device)
+        att = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in run], device=device)
+        pos = (att.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at 0
         if fast is not None:
-            logits = fast.forward(input_ids, att.bool(), pos)
+            index = torch.tensor(rows, device=device)
+            logits = fast.prefill(input_ids, att.bool(), pos, index)
+            pos = pos[index]
         else:
             out = model(input_ids=input_ids, attention_mask=att, position_ids=pos,
                         use_cache=True, logits_to_keep=1)  # fmt: skip
             cache, logits = out.past_key_values, out.logits[:, -1]
-        nxt_pos = pos[:, -1:] + 1
+        nxt_pos = pos[:, -1] + 1  # [B]
         done = torch.zeros(len(ids), dtype=torch.bool, device=device)
-        toks, lps = [], []
+        toks = torch.full((len(ids), sampling.max_new_tokens), pad, device=device)  # [B, T]
+        lps = torch.zeros((len(ids), sampling.max_new_tokens), device=device)
+        steps = 0
         for t in range(sampling.max_new_tokens):
-            logits = logits.float()  # [B, V]
-            new = _sample(logits, sampling).masked_fill(done, pad)  # [B]
-            lp = torch.log_softmax(logits, -1).gather(-1, new[:, None]).squeeze(-1)
-            toks.append(new)
-            lps.append(lp)
-            done = done | (new == eos)
+            logp = torch.log_softmax(logits.float(), -1)  # [B, V] the model's own distribution
+            new = _sample(logits, logp, sampling).masked_fill_(done, pad)  # [B]
+            toks[:, t] = new
+            lps[:, t] = logp.gather(-1, new[:, None])[:, 0]
+            done |= new == eos
+            steps = t + 1
             # Synced (sharded model): every rank runs the same number of forwards (collectives).
-            if (bool(done.all()) and not self.synced) or t + 1 == sampling.max_new_tokens:
+            if (bool(done.all()) and not self.synced) or steps == sampling.max_new_tokens:
                 break
             if fast is not None:
-                logits = fast.forward(new[:, None], torch.ones_like(done[:, None]), nxt_pos)
+                logits = fast.step(new, nxt_pos)
             else:
                 att = torch.cat([att, torch.ones_like(att[:, :1])], dim=-1)
-                out = model(input_ids=new[:, None], attention_mask=att, position_ids=nxt_pos,
-                            past_key_values=cache, use_cache=True)  # fmt: skip
+                out = model(input_ids=new[:, None], attention_mask=att,
+                            position_ids=nxt_pos[:, None], past_key_values=cache,
+                            use_cache=True)  # fmt: skip
                 logits = out.logits[:, -1]
             nxt_pos = nxt_pos + 1
-        tok_mat = torch.stack(toks, 1).tolist()  # [B, T]
-        lp_mat = torch.stack(lps, 1).tolist()
+        tok_mat = toks[:, :steps].tolist()
+        lp_mat = lps[:, :steps].tolist()
         results = []
         for b, row in enumerate(tok_mat):
             length, finish = len(row), "length"
@@ -193,14 +202,18 @@ class HFRolloutEngine(RolloutEngine):
         return results
 
 
-def _sample(logits: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
-    """One token per row from `logits` [B, V]: greedy at temperature 0, else temperature, then
-    top-k, then nucleus (top-p) filtering, as transformers' warpers apply them."""
+def _sample(logits: torch.Tensor, logp: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
+    """One token per row from `logits` [B, V] (`logp` = their log-softmax): greedy at temperature
+    0, else temperature, then top-k, then nucleus (top-p) filtering, as transformers' warpers
+    apply them."""
     if sampling.temperature <= 0:
         return logits.argmax(-1)
-    logits = logits / sampling.temperature
-    if sampling.top_k and sampling.top_k < logits.shape[-1]:
-        kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]
+    top_k = sampling.top_k if sampling.top_k and sampling.top_k < logits.shape[-1] else 0
+    if sampling.temperature == 1.0 and not top_k and sampling.top_p >= 1.0:
+        return _draw(logp.exp())  # the model's own distribution: reuse its log-softmax
+    logits = logits.float() / sampling.temperature
+    if top_k:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if sampling.top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
@@ -208,4 +221,18 @@ def _sample(logits: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
         drop = cum - sorted_logits.softmax(-1) >= sampling.top_p  # keep the token crossing p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+    return _draw(logits.softmax(-1))
+
+
+def _draw(probs: torch.Tensor) -> torch.Tensor:
+    """Inverse-transform sampling, one uniform draw per row: the first v with
+    CDF(v) > u·CDF(V) (float64 CDF, so rounding cannot skew rare tokens). Same distribution as
+    ``torch.multinomial(probs, 1)``, whose CPU kernel draws an exponential per vocabulary entry
+    and costs more than a small model's whole decode step."""
+    cdf = probs.double().cumsum(-1)  # [B, V]
+    total = cdf[:, -1:]  # [B, 1]
+    u = torch.rand(total.shape, dtype=cdf.dtype, device=cdf.device) * total
+    # u < CDF(V) strictly (the product can round up to it), so the token found has p > 0:
+    # a token of probability 0 (top-k/top-p) has CDF(v) = CDF(v−1) and is never the first > u.
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
