@@ -93,6 +93,10 @@ def run_trl(model_dir: str, steps: int, out: Path, threads: int) -> list[float]:
         report_to="none",
         save_strategy="no",
         disable_tqdm=True,
+        # TRL turns gradient checkpointing on by default (recomputing the forward during the
+        # backward to save activation memory); verirl does not checkpoint, so neither does TRL
+        # here: both run the same job.
+        gradient_checkpointing=False,
     )
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

@@ -96,22 +96,7 @@ class FastDecoder:
     @classmethod
     def maybe(cls, model: Any, batch: int, max_len: int) -> FastDecoder | None:
         """A decoder for `model`, or None when its architecture is not the plain one."""
-        cfg = getattr(model, "config", None)
-        if type(model).__name__ not in SUPPORTED or cfg is None:
-            return None
-        if getattr(cfg, "use_sliding_window", False) or any(
-            t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])
-        ):
-            return None
-        if getattr(model, "_hf_hook", None) is not None:  # offloaded/dispatched models
-            return None
-        if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "pretraining_tp", 1) > 1:
-            return None
-        # Dynamic/long RoPE rescale with the sequence length: no fixed table.
-        rope = str(getattr(inner_rotary(model), "rope_type", "default"))
-        if "dynamic" in rope or rope == "longrope":
-            return None
-        return cls(model, batch, max_len)
+        return cls(model, batch, max_len) if is_plain(model) else None
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin_rot: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(x * cos, x.roll(self.head_dim // 2, -1), sin_rot)
@@ -182,5 +167,100 @@ class FastDecoder:
         return logits
 
 
-def inner_rotary(model: Any) -> Any:
-    return getattr(getattr(model, "model", None), "rotary_emb", None)
+def is_plain(model: Any) -> bool:
+    """True for an unwrapped Qwen2/Llama causal LM this module computes exactly (not peft,
+    DDP, FSDP or offloaded; full attention; silu MLP; RoPE independent of sequence length)."""
+    cfg = getattr(model, "config", None)
+    if type(model).__name__ not in SUPPORTED or cfg is None:
+        return False
+    if getattr(cfg, "use_sliding_window", False) or any(
+        t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])
+    ):
+        return False
+    if getattr(model, "_hf_hook", None) is not None:  # offloaded/dispatched models
+        return False
+    if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "pretraining_tp", 1) > 1:
+        return False
+    # Dynamic/long RoPE rescale with the sequence length: no fixed table.
+    rope = str(getattr(model.model.rotary_emb, "rope_type", "default"))
+    return "dynamic" not in rope and rope != "longrope"
+
+
+class _RMSNorm(torch.autograd.Function):
+    """y = w · x̂, x̂ = x / √(mean x² + ε) (Zhang & Sennrich 2019), in float32 like the model's
+    RMSNorm, with the closed-form backward ∂x = (g·w − x̂·mean(g·w·x̂)) / √(mean x² + ε),
+    ∂w = Σ g·x̂: two saved tensors and ~5 elementwise passes instead of autograd's ~12."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
+        x32 = x.float()
+        r = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True).add_(eps))  # [..., 1]
+        xh = x32 * r
+        ctx.save_for_backward(xh, w, r)
+        ctx.x_dtype = x.dtype
+        return w * xh.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        xh, w, r = ctx.saved_tensors
+        gw = (g * w).float()
+        dx = (gw - xh * (gw * xh).mean(-1, keepdim=True)).mul_(r)
+        dw = (g.float() * xh).flatten(0, -2).sum(0).to(w.dtype)
+        return dx.to(ctx.x_dtype), dw, None
+
+
+# Score matrices up to this many elements per layer (64 MiB in float32) are formed explicitly.
+EXPLICIT_ATTENTION_ELEMENTS = 2**24
+
+
+def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Any:
+    """softmax(q·kᵀ·scale + causal)·v for q [B, nh, L, hd], k/v [B, nkv, L, hd].
+
+    On CPU with short sequences, as three batched GEMMs over the explicit score matrix: the
+    query heads sharing a K/V head are stacked along rows (no K/V copies), and the CPU flash
+    kernel, tiled for long sequences, takes about twice as long forward and backward at
+    L < 100. Long sequences and GPUs use ``scaled_dot_product_attention`` (memory O(L))."""
+    b, nh, t, hd = q.shape
+    nkv = k.shape[1]
+    if q.device.type != "cpu" or b * nh * t * t > EXPLICIT_ATTENTION_ELEMENTS:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                              enable_gqa=nkv != nh)  # fmt: skip
+    g = nh // nkv
+    causal = torch.full((t, t), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
+    s = torch.baddbmm(causal.repeat(g, 1).expand(b * nkv, g * t, t),
+                      q.reshape(b * nkv, g * t, hd), k.reshape(b * nkv, t, hd).transpose(1, 2),
+                      alpha=scale)  # fmt: skip  # [B·nkv, g·L, L]
+    return torch.bmm(s.softmax(-1), v.reshape(b * nkv, t, hd)).view(b, nh, t, hd)
+
+
+def train_forward(model: Any, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [B, L, V], last hidden state [B, L, H]) of right-padded `input_ids` [B, L],
+    with autograd: the model's own forward (same parameters, same operations up to float
+    rounding) without its per-module Python, mask building and output wrappers, RMSNorm with
+    a closed-form backward and RoPE as one roll. Right padding needs no mask beyond the causal
+    one: a real token never attends to a later (padding) position. `model` must pass
+    ``is_plain``; dropout is not applied (call it only when attention dropout is 0)."""
+    inner, cfg = model.model, model.config
+    b, t = input_ids.shape
+    nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
+    positions = torch.arange(t, device=input_ids.device)[None]
+    cos, sin = inner.rotary_emb(inner.embed_tokens.weight[:1], positions)  # [1, L, hd]
+    cos = cos[:, None]  # [1, 1, L, hd]
+    sin_rot = torch.cat((-sin[..., : hd // 2], sin[..., hd // 2 :]), dim=-1)[:, None]
+    h = F.embedding(input_ids, inner.embed_tokens.weight)  # [B, L, H]
+    for layer in inner.layers:
+        L = _Layer(layer)
+        x = _RMSNorm.apply(h, L.ln1, L.eps1)
+        q = F.linear(x, L.q, L.qb).view(b, t, nh, hd).transpose(1, 2)
+        k = F.linear(x, L.k, L.kb).view(b, t, nkv, hd).transpose(1, 2)
+        v = F.linear(x, L.v, L.vb).view(b, t, nkv, hd).transpose(1, 2)
+        q = q * cos + q.roll(hd // 2, -1) * sin_rot
+        k = k * cos + k.roll(hd // 2, -1) * sin_rot
+        o = _causal_attention(q, k, v, L.scale)  # [B, nh, L, hd]
+        h = h + F.linear(o.transpose(1, 2).reshape(b, t, -1), L.o, L.ob)
+        x = _RMSNorm.apply(h, L.ln2, L.eps2)
+        h = h + F.linear(F.silu(F.linear(x, L.gate, L.gb)) * F.linear(x, L.up, L.ub),
+                         L.down, L.db)  # fmt: skip
+    h = _RMSNorm.apply(h, inner.norm.weight, float(inner.norm.variance_epsilon))
+    return F.linear(h, model.lm_head.weight, _bias(model.lm_head)), h

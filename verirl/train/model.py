@@ -3,6 +3,8 @@ and turning prompts + completions into padded training tensors."""
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ from torch import nn
 
 from verirl.algos import adapters_disabled, ema_update, frozen_copy
 from verirl.errors import ConfigError
+from verirl.rollout.fastdecode import is_plain, train_forward
 from verirl.train.config import ModelSection
 
 
@@ -43,6 +46,8 @@ def load_policy(cfg: ModelSection, device: str = "cpu") -> tuple[Any, Any]:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model.to(device)
+    if device == "cpu":
+        retain_freed_memory()
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
@@ -58,6 +63,28 @@ def load_policy(cfg: ModelSection, device: str = "cpu") -> tuple[Any, Any]:
         except ValueError as e:
             raise ConfigError(f"model.lora.target_modules: {e}") from None
     return model, tok
+
+
+def retain_freed_memory() -> None:
+    """Have glibc keep freed memory for reuse rather than hand it back to the OS.
+
+    Every training step allocates and frees the same activation-sized blocks. By default glibc
+    serves blocks above its mmap threshold with fresh mappings and trims the heap's free top,
+    so each step page-faults its activations back in: ~6k minor faults (24 MiB of page
+    zeroing in the kernel) per step of the GRPO benchmark, ~0.3k with this. PyTorch's CPU
+    tuning guide swaps in jemalloc/tcmalloc for the same reason; this is the in-process
+    equivalent for glibc (blocks up to 256 MiB from the heap, trim above 1 GiB free). Peak
+    memory is unchanged; RSS stays near the peak between steps. No-op without glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl or another libc
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    mallopt(m_mmap_threshold, 256 << 20)
+    mallopt(m_trim_threshold, 1 << 30)
 
 
 def render_prompt(prompt: str | list[dict[str, str]], tok: Any, chat_template: str) -> str:
@@ -145,8 +172,23 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad: int, devic
     return Batch(ids, att, ids[:, 1:], resp[:, 1:].to(device))
 
 
+# Run plain Qwen2/Llama policies through ``train_forward`` (see ``forward_logits``). Off until
+# tests/test_train.py::test_grpo_raises_reward stops depending on float rounding: its seed-0
+# gain is 0.150 against a 0.15 threshold with transformers' forward and 0.107 with this one
+# (over seeds 0-5 the two average 0.306 and 0.299: same learning, different rounding).
+LEAN_TRAIN_FORWARD = False
+
+
 def forward_logits(model: Any, batch: Batch, hidden: bool = False) -> tuple[torch.Tensor, Any]:
-    """Logits at the positions that predict `batch.targets` [B, L-1, V] (and last hidden)."""
+    """Logits at the positions that predict `batch.targets` [B, L-1, V] (and last hidden).
+
+    With ``LEAN_TRAIN_FORWARD``, a plain Qwen2/Llama model runs ``train_forward`` (the same
+    computation without transformers' per-module overhead; ~15% less forward+backward time on
+    CPU); wrapped (DDP, FSDP, peft), checkpointed or dropout-using models, and other
+    architectures, run their own forward."""
+    if LEAN_TRAIN_FORWARD and _lean_ok(model, batch):
+        logits, last = train_forward(model, batch.input_ids)
+        return logits[:, :-1], (last[:, :-1] if hidden else None)
     out = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
@@ -155,3 +197,12 @@ def forward_logits(model: Any, batch: Batch, hidden: bool = False) -> tuple[torc
     )
     h = out.hidden_states[-1][:, :-1] if hidden else None
     return out.logits[:, :-1], h
+
+
+def _lean_ok(model: Any, batch: Batch) -> bool:
+    if not is_plain(model) or getattr(model, "is_gradient_checkpointing", False):
+        return False
+    if model.training and getattr(model.config, "attention_dropout", 0.0):
+        return False
+    att = batch.attention_mask  # right padding only: the causal mask then covers it
+    return bool((att[:, 1:] <= att[:, :-1]).all())

@@ -1,0 +1,54 @@
+"""The lean training forward (fastdecode.train_forward) computes what transformers' forward
+does: logits, last hidden state and every parameter's gradient, on a right-padded batch."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from verirl.rollout.fastdecode import is_plain
+from verirl.train import model as model_mod
+from verirl.train.model import Batch, forward_logits, pack
+
+
+def _grads_and_outputs(model, batch, weights):
+    """Padding positions differ (their outputs are never used): `weights` is 0 there."""
+    model.zero_grad(set_to_none=True)
+    logits, hidden = forward_logits(model, batch, hidden=True)
+    ((logits * weights).sum() + (hidden * weights[..., :1]).sum()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    return logits.detach(), hidden.detach(), grads
+
+
+def test_lean_forward_matches_transformers(tiny_model_dir, monkeypatch):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
+    assert is_plain(model)
+    batch = pack([[5, 6, 7], [8, 9], [10]], [[11, 12, 13, 1], [14, 1], [15, 16]], 0, "cpu")
+    real = batch.attention_mask[:, :-1].bool()  # positions predicting a real next token
+    weights = torch.rand(*batch.targets.shape, model.config.vocab_size) * real[..., None]
+    monkeypatch.setattr(model_mod, "LEAN_TRAIN_FORWARD", False)
+    ref = _grads_and_outputs(model, batch, weights)
+    monkeypatch.setattr(model_mod, "LEAN_TRAIN_FORWARD", True)
+    calls = []
+    real_forward = model_mod.train_forward
+    monkeypatch.setattr(model_mod, "train_forward", lambda *a: calls.append(1) or real_forward(*a))
+    lean = _grads_and_outputs(model, batch, weights)
+    assert calls, "the lean path was not taken"
+    assert torch.allclose(lean[0][real], ref[0][real], atol=1e-5)
+    assert torch.allclose(lean[1][real], ref[1][real], atol=1e-5)
+    for name, g in ref[2].items():  # float32 rounding, relative to the gradient's scale
+        assert (lean[2][name] - g).abs().max() <= 1e-5 * g.abs().max(), name
+
+
+def test_lean_forward_falls_back_on_left_padding(tiny_model_dir, monkeypatch):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    monkeypatch.setattr(model_mod, "LEAN_TRAIN_FORWARD", True)
+    ids = torch.tensor([[0, 5, 6, 7], [8, 9, 10, 11]])
+    att = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    batch = Batch(ids, att, ids[:, 1:], att[:, 1:].float())
+    assert not model_mod._lean_ok(model, batch)
+    with torch.no_grad():
+        logits, _ = forward_logits(model, batch)
+        ref = model(input_ids=ids, attention_mask=att).logits[:, :-1]
+    assert torch.equal(logits, ref)
