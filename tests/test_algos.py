@@ -31,6 +31,7 @@ from verirl.algos import (
     token_logprobs,
     value_loss,
 )
+from verirl.algos.logprobs import token_logprobs_and_entropy
 
 
 def close(a: torch.Tensor, b: object, atol: float = 1e-5) -> None:
@@ -223,6 +224,22 @@ def test_token_logprobs_matches_log_softmax_gather():
     token_logprobs(lg, tokens, chunk_tokens=4).sum().backward()
     want_grad = F.one_hot(tokens, 50) - torch.softmax(logits, -1)
     close(lg.grad, want_grad)
+
+
+def test_token_logprobs_and_entropy_in_one_pass():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 7, 40, generator=g) * 3
+    tokens = torch.randint(0, 40, (4, 7), generator=g)
+    for chunk, tau in ((3, 1.0), (7, 1.0), (1000, 0.7)):
+        lg = logits.clone().requires_grad_(True)
+        lp, ent = token_logprobs_and_entropy(lg, tokens, chunk_tokens=chunk, temperature=tau)
+        close(lp, token_logprobs(logits, tokens, temperature=tau))
+        close(ent, entropy_from_logits(logits / tau))
+        assert not ent.requires_grad
+        (lp * torch.arange(7.0)).sum().backward()  # gradient of the log-probs only
+        ref = logits.clone().requires_grad_(True)
+        (token_logprobs(ref, tokens, temperature=tau) * torch.arange(7.0)).sum().backward()
+        close(lg.grad, ref.grad)
 
 
 def test_token_logprobs_custom_backward_gradcheck():

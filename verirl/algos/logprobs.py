@@ -52,24 +52,36 @@ class _TokenLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, logits: torch.Tensor, tokens: torch.Tensor, chunk_tokens: int, temperature: float
-    ) -> torch.Tensor:
+        ctx: Any,
+        logits: torch.Tensor,
+        tokens: torch.Tensor,
+        chunk_tokens: int,
+        temperature: float,
+        with_entropy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = _compute_dtype(logits)
         out = torch.empty(tokens.shape, dtype=dtype, device=logits.device)  # [B, T]
         lse = torch.empty_like(out)  # [B, T] log Σ_v exp(z_v / τ)
+        ent = torch.empty_like(out) if with_entropy else out.new_empty(0)  # [B, T]
         for r, c in _blocks(tokens.shape[0], tokens.shape[1], chunk_tokens):
             z = logits[r, c].to(dtype)  # [b, t, V] one block, upcast
             if temperature != 1.0:
                 z = z / temperature
             lse[r, c] = torch.logsumexp(z, dim=-1)
             out[r, c] = z.gather(-1, tokens[r, c].unsqueeze(-1)).squeeze(-1) - lse[r, c]
+            if with_entropy:  # H = lse − Σ_v p_v z_v while the block is at hand
+                p = (z - lse[r, c].unsqueeze(-1)).exp_()
+                ent[r, c] = lse[r, c] - (p * z).sum(-1)
         ctx.save_for_backward(logits, tokens, lse)
         ctx.chunk_tokens, ctx.temperature = chunk_tokens, temperature
-        return out
+        ctx.mark_non_differentiable(ent)
+        return out, ent
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_out: torch.Tensor, _grad_entropy: Any
+    ) -> tuple[Any, ...]:
         logits, tokens, lse = ctx.saved_tensors
         tau = ctx.temperature
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # [B, T, V]
@@ -81,7 +93,7 @@ class _TokenLogprobs(torch.autograd.Function):
             g = (z - lse[r, c].unsqueeze(-1)).exp_().mul_(-g_out)  # −p_v · g
             g.scatter_add_(-1, tokens[r, c].unsqueeze(-1), g_out)  # + 1[v = tok] · g
             grad[r, c] = g.div_(tau)
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def token_logprobs(
@@ -107,8 +119,35 @@ def token_logprobs(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     chunk = _chunk(chunk_tokens, logits.shape[-1])
-    out: torch.Tensor = _TokenLogprobs.apply(logits, tokens, chunk, temperature)
+    out: torch.Tensor = _TokenLogprobs.apply(logits, tokens, chunk, temperature, False)[0]
     return out
+
+
+def token_logprobs_and_entropy(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    chunk_tokens: int | None = None,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_logprobs`` and, from the same pass over the logits, the entropy of each
+    position's distribution softmax(z/τ), H = logsumexp(z/τ) − Σ_v p_v z_v/τ ([B, T], no grad).
+
+    Equals ``(token_logprobs(...), entropy_from_logits(logits.detach() / τ))`` without the
+    second read of the [B, T, V] logits and the second logsumexp; gradients flow through the
+    log-probs only.
+
+    >>> lp, h = token_logprobs_and_entropy(torch.zeros(1, 1, 4), torch.tensor([[2]]))
+    >>> lp.tolist(), h.tolist()  # uniform over 4: log(1/4), log 4
+    ([[-1.386...]], [[1.386...]])
+    """
+    if logits.shape[:-1] != tokens.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    chunk = _chunk(chunk_tokens, logits.shape[-1])
+    out, ent = _TokenLogprobs.apply(logits, tokens, chunk, temperature, True)
+    return out, ent
 
 
 def entropy_from_logits(logits: torch.Tensor, *, chunk_tokens: int | None = None) -> torch.Tensor:
