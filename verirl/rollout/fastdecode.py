@@ -9,14 +9,20 @@ RMSNorm and embedding weights, its rotary frequencies), with no ``nn.Module`` ca
 - RoPE cos/sin looked up in a table computed once per decoder with the model's own rotary
   module (the same values it computes per step: cos(pos·θ_i) is elementwise in pos);
 - RMSNorm as one fused ``F.rms_norm`` (Zhang & Sennrich 2019: x / √(mean x² + ε) · w);
-- prefill: one ``scaled_dot_product_attention`` per layer with a causal + padding mask;
+- prefill: each distinct prompt once (its n samples share its keys and values), one
+  ``scaled_dot_product_attention`` per layer with a causal + padding mask;
   decode (one query per row): softmax(q·Kᵀ·s + mask)·V as two batched matmuls over the valid
   prefix, grouped-query heads sharing their K/V without copying them.
 
+``train_forward`` is the same computation over whole right-padded sequences with autograd
+(RMSNorm with a closed-form backward, explicit short-sequence attention on CPU), for the
+trainer's ``forward_logits``.
+
 Supported: plain (non-peft) ``Qwen2ForCausalLM``/``LlamaForCausalLM`` with full attention
 everywhere, silu MLPs and position-independent RoPE scaling. Anything else returns None from
-``FastDecoder.maybe`` and the engine falls back to the model's own forward. The rollout test
-checks the logprobs against a plain forward.
+``FastDecoder.maybe`` (``is_plain`` False) and callers fall back to the model's own forward.
+tests/test_rollout_hf.py checks the sampled logprobs and tests/test_lean_forward.py the
+training logits and gradients against transformers' forward.
 """
 
 from __future__ import annotations

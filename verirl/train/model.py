@@ -161,13 +161,13 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad: int, devic
     """Concatenate each prompt with its completion and right-pad to the longest."""
     seqs = [p + c for p, c in zip(prompts, completions, strict=True)]
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    att = torch.zeros((len(seqs), width), dtype=torch.long)
-    resp = torch.zeros((len(seqs), width), dtype=torch.float32)
-    for i, (p, s) in enumerate(zip(prompts, seqs, strict=True)):
-        ids[i, : len(s)] = torch.tensor(s)
-        att[i, : len(s)] = 1
-        resp[i, len(p) : len(s)] = 1
+    # One tensor from padded lists and masks from lengths: no per-row tensor ops.
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], dtype=torch.long)
+    ends = torch.tensor([len(s) for s in seqs])[:, None]  # [B, 1]
+    starts = torch.tensor([len(p) for p in prompts])[:, None]
+    col = torch.arange(width)[None]  # [1, L]
+    att = (col < ends).long()
+    resp = ((col >= starts) & (col < ends)).float()  # completion tokens
     ids, att = ids.to(device), att.to(device)
     return Batch(ids, att, ids[:, 1:], resp[:, 1:].to(device))
 
