@@ -285,11 +285,17 @@ def _ranks(out: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("case", CASES)
 def test_two_ranks_equal_single_process_step(
-    case: str, two_ranks: Path, tiny_model_dir: Path
+    case: str, two_ranks: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ranks = _ranks(two_ranks)
     tokens = [r[f"{case}_local_tokens"] for r in ranks]
     assert tokens[0] != tokens[1]  # else the global normaliser would not be exercised
+    # Wrapped models run transformers' own forward; so does the reference here. The lean
+    # forward a plain model would take agrees to ~1e-7 (tests/test_lean_forward.py), but
+    # Adam's first step, g/(|g|+eps), turns such differences in near-zero grads into 1e-2.
+    import verirl.train.model
+
+    monkeypatch.setattr(verirl.train.model, "LEAN_TRAIN_FORWARD", False)
     ref = train_step(DistContext(), str(tiny_model_dir), "none", lora=case.endswith("lora"))
     got = torch.load(two_ranks / f"{case}.pt")
     assert got["loss"] == pytest.approx(ref["loss"], abs=1e-5)

@@ -46,8 +46,10 @@ def _gain(run_dir: Path, n: int = 3) -> float:
 
 
 def test_grpo_raises_reward(tiny_model_dir, tmp_path):
-    run_dir = run(tiny_model_dir, tmp_path, train={"steps": 10, "lr": 2e-2})
-    assert _gain(run_dir) > 0.15
+    # 16 steps: at 10 the gain depends on the seed and on float rounding (0.09-0.38 over seeds
+    # 0-4); at 16 every seed 0-4 gains 0.43-0.46 (the reward saturates near 1).
+    run_dir = run(tiny_model_dir, tmp_path, train={"steps": 16, "lr": 2e-2})
+    assert _gain(run_dir, 4) > 0.25
 
 
 def test_ppo_raises_reward(tiny_model_dir, tmp_path):

@@ -147,7 +147,10 @@ def prepare(
     params: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     if value_head is not None:
         params.append({"params": list(value_head.parameters()), "lr": cfg.algo.value_lr})
-    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    # fused: one kernel for every parameter (3.3 -> ~0.8 ms a step on the tiny model); FSDP2's
+    # sharded DTensor parameters take the per-tensor path.
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                            fused=not fsdp)  # fmt: skip
     total = cfg.train.steps * cfg.algo.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, [lr_lambda(cfg.train.schedule, cfg.train.warmup_steps, total)] * len(params)

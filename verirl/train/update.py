@@ -19,7 +19,6 @@ import torch
 from verirl.algos import (
     aggregate_loss,
     clipped_policy_loss,
-    entropy_from_logits,
     gae_advantages,
     group_has_signal,
     grpo_advantages,
@@ -29,6 +28,7 @@ from verirl.algos import (
     token_logprobs,
     value_loss,
 )
+from verirl.algos.logprobs import token_logprobs_and_entropy
 from verirl.envs.base import Environment, Row
 from verirl.rewards.result import RewardResult
 from verirl.rollout.base import Completion
@@ -207,7 +207,7 @@ def _micro_step(
     mb = ro.batch.slice(s)
     w = mb.targets.shape[1]
     logits, h = forward_logits(model, mb, hidden=value_head is not None)
-    logp = token_logprobs(logits, mb.targets)  # [b, w]
+    logp, ent = token_logprobs_and_entropy(logits, mb.targets)  # [b, w] each, one pass
     old = _cut(ro.old_logp, s, w)
     old = logp.detach() if old is None else old  # epochs = 1: ratio is 1, one forward
     adv = ro.adv[s, :w]
@@ -233,4 +233,4 @@ def _micro_step(
         acc["loss"] += float(loss.detach())
         acc["pg_loss"] += float((pg.detach() * m).sum()) / n_tok
         acc["clip_frac"] += float(clipped.sum()) / n_tok
-        acc["entropy"] += float((entropy_from_logits(logits.detach()) * m).sum()) / n_tok
+        acc["entropy"] += float((ent * m).sum()) / n_tok
