@@ -130,3 +130,31 @@ def test_resolved_config_round_trips(tiny_model_dir, tmp_path):
     run_dir = run(tiny_model_dir, tmp_path, train={"steps": 1})
     data = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert validate_config(TrainConfig, data, "config.yaml").algo.group_size == 4
+
+
+def test_rollout_logprobs_follow_the_targets_layout():
+    from verirl.rollout.base import Completion
+    from verirl.train.update import rollout_logprobs, to_batch
+
+    def comp(prompt: list[int], toks: list[int]) -> Completion:
+        lps = [-0.1 * (i + 1) for i in range(len(toks))]
+        return Completion(0, 0, "", prompt, toks, lps, "stop")
+
+    groups = [[comp([5, 6], [7, 8, 9]), comp([5, 6], [7])], [comp([4], [3, 2])]]
+    batch = to_batch(groups, pad=0, device="cpu")
+    lp = rollout_logprobs(groups, batch)
+    assert lp.shape == batch.targets.shape
+    # row 0: prompt [5, 6] then 3 tokens; targets start at position 1 -> completion at 1..3
+    assert lp[0].tolist() == pytest.approx([0.0, -0.1, -0.2, -0.3])
+    assert lp[1].tolist() == pytest.approx([0.0, -0.1, 0.0, 0.0])
+    assert lp[2].tolist() == pytest.approx([-0.1, -0.2, 0.0, 0.0])
+    groups[0][0].logprobs.pop()
+    with pytest.raises(ValueError, match="completion 0: 2 logprobs for 3 tokens"):
+        rollout_logprobs(groups, batch)
+
+
+def test_truncated_is_with_the_hf_engine_weighs_about_one(tiny_model_dir, tmp_path):
+    run_dir = run(tiny_model_dir, tmp_path, algo={"batch_size": 16, "group_size": 4,
+                                                   "tis_cap": 2.0})  # fmt: skip
+    rows = read_metrics(run_dir)
+    assert all(abs(r["tis_weight"] - 1.0) < 1e-5 for r in rows)  # engine logprobs = trainer's

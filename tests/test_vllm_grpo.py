@@ -60,6 +60,7 @@ def run_grpo(backend: str, model_dir, out_dir) -> list[dict]:
         "rollout.max_new_tokens=4",
         "algo.batch_size=64",
         "algo.group_size=8",
+        "algo.tis_cap=2.0",
         f"train.steps={STEPS}",
         "train.lr=3e-3",
         "log.progress=false",
@@ -94,3 +95,6 @@ def test_grpo_with_vllm_backend_learns_like_hf(tiny_model_dir, tmp_path):
     syncs = [r["sync_seconds"] for r in curves["vllm"]]
     assert all(s > 0 for s in syncs)  # the vllm engine really copied weights every step
     assert all(r["sync_seconds"] == 0 for r in curves["hf"])  # hf shares the module itself
+    # Truncated IS is on: the engines' logprobs match the trainer's, so the weights are ~1.
+    for backend, tol in (("hf", 1e-5), ("vllm", 1e-3)):
+        assert all(abs(r["tis_weight"] - 1.0) < tol for r in curves[backend]), backend

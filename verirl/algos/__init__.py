@@ -21,6 +21,7 @@ from verirl.algos.losses import (
     clipped_policy_loss,
     masked_mean,
     sft_loss,
+    truncated_is_weights,
     value_loss,
 )
 from verirl.algos.reference import adapters_disabled, ema_update, frozen_copy
@@ -48,5 +49,6 @@ __all__ = [
     "masked_whiten",
     "sft_loss",
     "token_logprobs",
+    "truncated_is_weights",
     "value_loss",
 ]

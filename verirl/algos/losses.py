@@ -31,6 +31,7 @@ __all__ = [  # token_logprobs and entropy_from_logits live in logprobs.py; re-ex
     "masked_mean",
     "sft_loss",
     "token_logprobs",
+    "truncated_is_weights",
     "value_loss",
 ]
 
@@ -215,3 +216,24 @@ def sft_loss(
     logp = token_logprobs(logits, labels.masked_fill(~keep, 0))  # [B, T]
     n = num_tokens if num_tokens is not None else keep.sum().clamp(min=1)
     return -(logp * keep).sum() / n
+
+
+def truncated_is_weights(
+    trainer_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, cap: float = 2.0
+) -> torch.Tensor:
+    """Truncated importance-sampling weights for the sampler/trainer mismatch, per token.
+
+    w_t = min(π_trainer(o_t) / π_vllm(o_t), C) = min(exp(log π_trainer − log π_vllm), C),
+    computed without gradient. Multiplying each token's policy-gradient loss by w_t corrects for
+    sampling from vLLM's slightly different numerics (Yao et al. 2025, "Your efficient RL
+    framework secretly brings you off-policy RL training"; TRL's vllm_importance_sampling_*,
+    verl's rollout_is). Both inputs are ``[B, T]``; padded positions are the caller's to mask.
+
+    >>> w = truncated_is_weights(torch.tensor([[-1.0, -0.5, 0.0]]), torch.tensor([[-1.0, -1.0, -3.0]]))
+    >>> [round(x, 4) for x in w[0].tolist()]
+    [1.0, 1.6487, 2.0]
+    """
+    if cap <= 0:
+        raise ValueError(f"cap must be positive, got {cap}")
+    with torch.no_grad():
+        return torch.exp(trainer_logprobs - rollout_logprobs).clamp(max=cap)

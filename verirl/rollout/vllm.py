@@ -17,7 +17,7 @@ runs, level 2 as in TRL, and push the weights back before the next rollout) and
 
 Logprobs are vLLM's ``raw_logprobs`` by default: log-softmax of the model's logits before
 temperature/top-k/top-p, the same quantity the hf backend returns and the trainer recomputes.
-``truncated_is_weights`` gives the truncated importance-sampling correction for what remains of
+``verirl.algos.truncated_is_weights`` (``algo.tis_cap``) corrects the loss for what remains of
 the trainer/vLLM mismatch (kernels, dtypes).
 
 One engine per process at a time: vLLM's in-process engines share process-wide parallel state,
@@ -448,27 +448,3 @@ class VLLMRolloutEngine(RolloutEngine):
         destroy_model_parallel()
         destroy_distributed_environment()
         gc.collect()
-
-
-def truncated_is_weights(
-    trainer_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, cap: float = 2.0
-) -> torch.Tensor:
-    """Truncated importance-sampling weights for the sampler/trainer mismatch, per token.
-
-    w_t = min(π_trainer(o_t) / π_vllm(o_t), C) = min(exp(log π_trainer − log π_vllm), C),
-    computed without gradient. Multiplying each token's policy-gradient loss by w_t corrects for
-    sampling from vLLM's slightly different numerics (Yao et al. 2025, "Your efficient RL
-    framework secretly brings you off-policy RL training"; TRL's vllm_importance_sampling_*,
-    verl's rollout_is). Both inputs are ``[B, T]``; padded positions are the caller's to mask.
-
-    >>> import torch
-    >>> w = truncated_is_weights(torch.tensor([[-1.0, -0.5, 0.0]]), torch.tensor([[-1.0, -1.0, -3.0]]))
-    >>> [round(x, 4) for x in w[0].tolist()]
-    [1.0, 1.6487, 2.0]
-    """
-    import torch
-
-    if cap <= 0:
-        raise ValueError(f"cap must be positive, got {cap}")
-    with torch.no_grad():
-        return torch.exp(trainer_logprobs - rollout_logprobs).clamp(max=cap)

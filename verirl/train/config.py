@@ -72,6 +72,13 @@ class AlgoSection(StrictModel):
         default=0.2, ge=0.0, description="PPO/GRPO ε_low: ratio floor 1 - ε_low"
     )
     clip_high: float = Field(default=0.2, ge=0.0, description="ε_high (DAPO clip-higher: 0.28)")
+    tis_cap: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="truncated importance sampling for the rollout engine's logprob mismatch: "
+        "each token's policy loss × min(π_trainer/π_rollout, tis_cap) (TRL's "
+        "vllm_importance_sampling_cap, verl's TIS; 2.0 is usual); None: off",
+    )
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
         default="token-mean",
         description="how per-token losses become one number (Dr. GRPO: sum-norm)",

@@ -41,6 +41,7 @@ from verirl.train.update import (
     policy_update,
     ppo_advantage,
     reward_stats,
+    rollout_logprobs,
     score_async,
     sequence_logprobs,
     to_batch,
@@ -310,6 +311,8 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, ctx: dist.DistContext, dev
             scored = reward_stats(scoring.result(), (len(rows), a.group_size))
             ro = Rollout(batch, scored["rewards"], scored["valid"], old_logp, ref_logp,
                          old_values, stats=scored["stats"])  # fmt: skip
+            if a.tis_cap is not None:
+                ro.rollout_logp = rollout_logprobs(groups, batch)
             # 3. advantages (a group lives on one rank; PPO whitens over all ranks' tokens)
             if a.name == "grpo":
                 grpo_advantage(ro, a)

@@ -172,10 +172,8 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad: int, devic
     return Batch(ids, att, ids[:, 1:], resp[:, 1:].to(device))
 
 
-# Run plain Qwen2/Llama policies through ``train_forward`` (see ``forward_logits``). Off until
-# tests/test_train.py::test_grpo_raises_reward stops depending on float rounding: its seed-0
-# gain is 0.150 against a 0.15 threshold with transformers' forward and 0.107 with this one
-# (over seeds 0-5 the two average 0.306 and 0.299: same learning, different rounding).
+# Run plain Qwen2/Llama policies through ``train_forward`` (see ``forward_logits``); tests may
+# turn it off to compare against transformers' own forward bit for bit.
 LEAN_TRAIN_FORWARD = True
 
 

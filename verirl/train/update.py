@@ -26,6 +26,7 @@ from verirl.algos import (
     kl_shaped_rewards,
     masked_whiten,
     token_logprobs,
+    truncated_is_weights,
     value_loss,
 )
 from verirl.algos.logprobs import token_logprobs_and_entropy
@@ -74,6 +75,21 @@ class Rollout:
     adv: torch.Tensor | None = None  # [B, T]
     returns: torch.Tensor | None = None  # [B, T] PPO
     stats: dict[str, float] = field(default_factory=dict)
+    rollout_logp: torch.Tensor | None = None  # [B, T] the engine's log π at sampling time
+
+
+def rollout_logprobs(groups: list[list[Completion]], batch: Batch) -> torch.Tensor:
+    """The rollout engine's per-token logprobs laid out like ``batch.targets`` [B, T] (0 off the
+    completion): each row's masked positions are its completion tokens, in order."""
+    flat = [c for g in groups for c in g]
+    out = torch.zeros_like(batch.mask, dtype=torch.float32)
+    for b, c in enumerate(flat):
+        if len(c.logprobs) != len(c.token_ids):
+            raise ValueError(f"completion {b}: {len(c.logprobs)} logprobs for "
+                             f"{len(c.token_ids)} tokens")  # fmt: skip
+    values = torch.tensor([lp for c in flat for lp in c.logprobs], dtype=torch.float32)
+    out[batch.mask > 0] = values.to(out.device)
+    return out
 
 
 def to_batch(groups: list[list[Completion]], pad: int, device: str) -> Batch:
@@ -213,6 +229,10 @@ def _micro_step(
     adv = ro.adv[s, :w]
     m = mb.mask
     pg, clipped = clipped_policy_loss(logp, old, adv, m, algo.clip_low, algo.clip_high)
+    if algo.tis_cap is not None and ro.rollout_logp is not None:
+        tis = truncated_is_weights(old.detach(), ro.rollout_logp[s, :w], algo.tis_cap)
+        pg = pg * tis
+        acc["tis_weight"] = acc.get("tis_weight", 0.0) + float((tis * m).sum()) / n_tok
     per_tok = pg
     if ro.ref_logp is not None:
         kl = kl_penalty(logp, ro.ref_logp[s, :w], algo.kl_estimator)
