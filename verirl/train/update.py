@@ -10,7 +10,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,9 +175,9 @@ def policy_update(
     algo: AlgoSection,
     micro: int,
     max_new_tokens: int,
-    value_head: Any = None,
-    normalizers: tuple[float, float] | None = None,
-    no_sync: Callable[[bool], AbstractContextManager[Any]] | None = None,
+    value_head: Any,
+    normalizers: tuple[float, float],
+    no_sync: Callable[[bool], AbstractContextManager[Any]],
 ) -> dict[str, float]:
     """One optimisation pass over the batch with gradient accumulation (the caller steps).
 
@@ -185,23 +185,18 @@ def policy_update(
     whole-batch normalisers, so the accumulated gradient equals the full batch's; PPO adds
     `vf_coef` × the clipped value loss (token mean).
 
-    Data parallel (see ``distributed.py``): `normalizers` = (tokens, sequences) of the global
-    batch divided by the world size, so DDP's gradient mean is the global batch's gradient;
+    `normalizers` = (tokens, sequences) of the global batch divided by the world size (this
+    batch's counts for one process), so DDP's gradient mean is the global batch's gradient;
     `no_sync(accumulating)` wraps every micro-step's forward and backward, skipping the
-    gradient all-reduce on all but the last. Without them: this batch's counts, no wrapper.
+    gradient all-reduce on all but the last (``distributed.no_sync_if``).
     """
     assert ro.adv is not None
     b = ro.batch
-    if normalizers is None:
-        normalizers = (
-            float(b.mask.sum().clamp(min=1)),
-            float((b.mask.sum(-1) > 0).sum().clamp(min=1)),
-        )
     n_tok, n_seq = normalizers
     acc: dict[str, float] = dict.fromkeys(("loss", "pg_loss", "clip_frac", "entropy"), 0.0)
     rows = b.targets.shape[0]
     for s0 in range(0, rows, micro):
-        with no_sync(s0 + micro < rows) if no_sync is not None else nullcontext():
+        with no_sync(s0 + micro < rows):
             _micro_step(model, ro, algo, slice(s0, s0 + micro), max_new_tokens, value_head,
                         n_tok, n_seq, acc)  # fmt: skip
     return dict(acc)
