@@ -3,7 +3,19 @@
 Config (both): 8 prompts x 8 completions per step, 32 new tokens, β = 0, lr 1e-4, one optimizer
 step per generation batch, fp32, CPU, same seed. Each trainer runs in its own subprocess so its
 peak resident memory (ru_maxrss) is its own. Prints the median step time of each (the first
-`--warmup` steps are dropped), their peak memory and, last, ``ratio verirl/trl: X``.
+`--warmup` steps are dropped), their peak memory and mean reward, and, last,
+``ratio verirl/trl: X``.
+
+The policy (`--init`):
+
+- ``sft`` (default): the tiny Qwen2 after a short SFT warm start (``verirl sft``) on worked
+  answers to 2-operand addition, ~30 tokens each, right 40 % of the time (near misses
+  otherwise): the situation RL starts from. Completions fill most of the 32 tokens and the
+  reward varies within and between groups, so both trainers compute real gradients; groups
+  whose 8 rewards are all equal (easy or hopeless prompts) have zero advantage, which verirl
+  does not run forward and backward (``algo.skip_zero_grad_rows``, exact) and TRL does.
+- ``random``: the randomly initialised model. Its completions never score, every advantage is
+  0, and verirl's update has nothing to run: that ratio shows generation speed, not training.
 
     python benchmarks/grpo_vs_trl.py --steps 12
 """
@@ -22,9 +34,55 @@ from pathlib import Path
 from typing import Any
 
 PROMPTS, GROUP, NEW_TOKENS, LR, SEED = 8, 8, 32, 1e-4, 0
+ENV = {"name": "arithmetic", "options": {"train_size": 512}}
 
 
-def run_verirl(model_dir: str, steps: int, out: Path, threads: int) -> list[float]:
+def worked_answers(path: Path, p_correct: float = 0.4, seed: int = SEED) -> Path:
+    """SFT rows for the warm start: prompt "a+b=", completion "s. Check: s-b=a, so a+b=s."
+    where s is the sum with probability `p_correct`, else a near miss. The env's reward reads
+    the leading integer; the rest makes completions ~30 tokens long, like the benchmark's
+    32-token budget."""
+    import random
+
+    from verirl.envs.registry import make_env
+
+    from verirl.jsonl import write_jsonl
+
+    rng = random.Random(seed)
+    env = make_env(ENV["name"], **ENV["options"])
+    rows = []
+    for row in env.rows("train"):
+        a, b = (int(x) for x in row["question"].split("+"))
+        s = a + b if rng.random() < p_correct else a + b + rng.choice((-10, -2, -1, 1, 2, 10))
+        rows.append(
+            {"prompt": env.prompt(row), "completion": f"{s}. Check: {s}-{b}={a}, so {a}+{b}={s}."}
+        )
+    write_jsonl(path, rows)
+    return path
+
+
+def warm_start(model_dir: Path, out: Path, steps: int, threads: int) -> Path:
+    """`verirl sft` of the tiny model on `worked_answers`; returns the trained model dir."""
+    from verirl.config import validate_config
+    from verirl.train.config import SftConfig
+    from verirl.train.sft import sft
+
+    cfg = {
+        "name": "sft",
+        "run_dir": str(out),
+        "model": {"path": str(model_dir)},
+        "env": ENV,
+        "data": {"path": str(worked_answers(out / "sft.jsonl"))},
+        "train": {"steps": steps, "batch_size": 32, "lr": 1e-3, "schedule": "constant",
+                  "seed": SEED, "threads": threads},
+        "log": {"progress": False, "tensorboard": False},
+    }  # fmt: skip
+    return sft(validate_config(SftConfig, cfg, "benchmark sft")) / "final"
+
+
+def run_verirl(
+    model_dir: str, steps: int, out: Path, threads: int
+) -> tuple[list[float], list[float]]:
     from verirl.config import validate_config
     from verirl.train.config import TrainConfig
     from verirl.train.loop import train
@@ -34,17 +92,18 @@ def run_verirl(model_dir: str, steps: int, out: Path, threads: int) -> list[floa
         "name": "verirl",
         "run_dir": str(out),
         "model": {"path": model_dir},
-        "env": {"name": "arithmetic", "options": {"train_size": 512}},
+        "env": ENV,
         "rollout": {"max_new_tokens": NEW_TOKENS, "temperature": 1.0, "score_workers": 1},
         "algo": {"batch_size": PROMPTS * GROUP, "group_size": GROUP, "beta": 0.0, "epochs": 1},
         "train": {"steps": steps, "lr": LR, "seed": SEED, "threads": threads},
         "log": {"progress": False, "tensorboard": False, "samples_every": 0},
     }
     run_dir = train(validate_config(TrainConfig, cfg, "benchmark"))
-    return [r["step_seconds"] for r in read_metrics(run_dir)]
+    rows = read_metrics(run_dir)
+    return [r["step_seconds"] for r in rows], [r["reward_mean"] for r in rows]
 
 
-def run_trl(model_dir: str, steps: int, out: Path, threads: int) -> list[float]:
+def run_trl(model_dir: str, steps: int, out: Path, threads: int) -> tuple[list[float], list[float]]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -52,7 +111,7 @@ def run_trl(model_dir: str, steps: int, out: Path, threads: int) -> list[float]:
     from verirl.envs.registry import make_env
 
     torch.set_num_threads(threads)
-    env = make_env("arithmetic", train_size=512)
+    env = make_env(ENV["name"], **ENV["options"])
     rows = list(env.rows("train"))
     data = Dataset.from_list([{"prompt": env.prompt(r), "answer": r["answer"]} for r in rows])
 
@@ -62,6 +121,7 @@ def run_trl(model_dir: str, steps: int, out: Path, threads: int) -> list[float]:
         ]
 
     times: list[float] = []
+    rewards: list[float] = []
 
     class Timer(TrainerCallback):  # type: ignore[misc]
         t0 = 0.0
@@ -71,6 +131,10 @@ def run_trl(model_dir: str, steps: int, out: Path, threads: int) -> list[float]:
 
         def on_step_end(self, *a: Any, **k: Any) -> None:
             times.append(time.perf_counter() - self.t0)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **k: Any) -> None:
+            if logs and "reward" in logs:
+                rewards.append(float(logs["reward"]))
 
     args = GRPOConfig(
         output_dir=str(out / "trl"),
@@ -109,14 +173,14 @@ def run_trl(model_dir: str, steps: int, out: Path, threads: int) -> list[float]:
         callbacks=[Timer()],
     )
     trainer.train()
-    return times
+    return times, rewards
 
 
 def child(which: str, model_dir: str, steps: int, out: str, threads: int) -> None:
     fn = run_verirl if which == "verirl" else run_trl
-    times = fn(model_dir, steps, Path(out), threads)
+    times, rewards = fn(model_dir, steps, Path(out), threads)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print("RESULT " + json.dumps({"times": times, "peak_mib": peak_mib}))
+    print("RESULT " + json.dumps({"times": times, "rewards": rewards, "peak_mib": peak_mib}))
 
 
 def measure(which: str, model_dir: str, steps: int, out: Path, threads: int) -> dict[str, Any]:
@@ -136,6 +200,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the median")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads for both")
     p.add_argument("--model", help="model dir (default: build the tiny default model)")
+    p.add_argument(
+        "--init",
+        choices=["sft", "random"],
+        default="sft",
+        help="warm-start the built model with SFT (default) or use it as initialised",
+    )
+    p.add_argument("--sft-steps", type=int, default=400, help="SFT steps of the warm start")
     p.add_argument("--out", help="work dir (default: a temporary one)")
     p.add_argument("--child", choices=["verirl", "trl"], help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -149,11 +220,16 @@ def main() -> None:
             from verirl.tiny import build_tiny_model
 
             model_dir = str(build_tiny_model(out / "tiny-model", seed=SEED))
+            if a.init == "sft":
+                t0 = time.perf_counter()
+                model_dir = str(warm_start(Path(model_dir), out, a.sft_steps, a.threads))
+                print(f"warm start: {a.sft_steps} SFT steps in {time.perf_counter() - t0:.0f} s")
         res = {w: measure(w, model_dir, a.steps, out, a.threads) for w in ("trl", "verirl")}
     med = {w: statistics.median(r["times"][a.warmup :]) for w, r in res.items()}
     for w in ("trl", "verirl"):
         print(f"{w:>7}: median step {med[w]:.3f} s over {len(res[w]['times']) - a.warmup} steps, "
-              f"peak RSS {res[w]['peak_mib']:.0f} MiB")  # fmt: skip
+              f"peak RSS {res[w]['peak_mib']:.0f} MiB, "
+              f"mean reward {statistics.fmean(res[w]['rewards'] or [float('nan')]):.3f}")  # fmt: skip
     print(f"ratio verirl/trl: {med['verirl'] / med['trl']:.3f}")
 
 

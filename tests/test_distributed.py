@@ -432,6 +432,58 @@ def test_resume_with_another_world_size_is_a_clear_error(two_rank_runs: Path) ->
 
 
 @pytest.fixture(scope="module")
+def idle_rank_runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 2-rank GRPO step in which every prompt of rank 0 scores 0 (none of its rows has a
+    gradient) and rank 1's rewards are dense: DDP and FSDP2, skipping zero-gradient rows
+    (`skip`) or running every row (`all`). Skipping, rank 0 must still run as many micro-steps
+    as rank 1: DDP all-reduces in the last backward, FSDP2 all-gathers in every forward."""
+    import vr_train_envs
+    import yaml
+    from verirl.envs.registry import make_env
+
+    from verirl.train.update import batch_rows
+
+    rows = make_env("test-ascii-fraction").rows("train")
+    rank0 = [r["prompt"] for r in batch_rows(rows, 0, 4, seed=0)][:2]  # shard_groups(4): 0, 1
+    root = tmp_path_factory.mktemp("torchrun-idle")
+    cfg = vr_train_envs.train_config(
+        tiny_model_dir,
+        root,
+        env={"name": "test-ascii-fraction", "options": {"zero_for": rank0}},
+        train={"steps": 1, "lr": 1e-3, "micro_batch_size": 4},
+        distributed={"timeout_s": 120},  # a rank left waiting fails the run, not the suite
+    )
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    for strategy in ("ddp", "fsdp2"):
+        for skip in (True, False):
+            proc = torchrun_train(root / "cfg.yaml", f"name={strategy}-{'skip' if skip else 'all'}",
+                                  f"distributed.strategy={strategy}",
+                                  f"algo.skip_zero_grad_rows={str(skip).lower()}")  # fmt: skip
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return root
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_a_rank_with_no_gradient_rows_keeps_step_with_the_others(
+    strategy: str, idle_rank_runs: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from verirl.train.metrics import read_metrics
+
+    (skip,) = read_metrics(idle_rank_runs / f"{strategy}-skip")
+    (full,) = read_metrics(idle_rank_runs / f"{strategy}-all")
+    assert skip["rows_trained"] == 8  # rank 1's 8 rows; rank 0 had none
+    assert skip["reward_mean"] == full["reward_mean"]
+    for k in ("loss", "pg_loss", "grad_norm"):
+        assert skip[k] == pytest.approx(full[k], abs=1e-6), k
+    got = AutoModelForCausalLM.from_pretrained(idle_rank_runs / f"{strategy}-skip" / "final")
+    want = AutoModelForCausalLM.from_pretrained(idle_rank_runs / f"{strategy}-all" / "final")
+    for (name, p), q in zip(got.named_parameters(), want.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.fixture(scope="module")
 def fsdp2_runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`distributed.strategy=fsdp2` on 2 ranks with a KL to a frozen (sharded) reference: 4
     unbroken steps (`whole`), 2 steps resumed to 4 (`resumed`); and LoRA under FSDP2 with the

@@ -158,3 +158,61 @@ def test_truncated_is_with_the_hf_engine_weighs_about_one(tiny_model_dir, tmp_pa
                                                    "tis_cap": 2.0})  # fmt: skip
     rows = read_metrics(run_dir)
     assert all(abs(r["tis_weight"] - 1.0) < 1e-5 for r in rows)  # engine logprobs = trainer's
+
+
+def _step_prompts(env_options: dict, step: int, n: int = 4) -> list[str]:
+    """The prompts `verirl train` draws at `step` (0-based) from the toy env, n per step."""
+    from verirl.envs.registry import make_env
+
+    from verirl.train.update import batch_rows
+
+    env = make_env("test-ascii-fraction", **env_options)
+    return [r["prompt"] for r in batch_rows(env.rows("train"), step, n, seed=0)]
+
+
+def test_skipping_zero_gradient_rows_leaves_the_update_unchanged(tiny_model_dir, tmp_path):
+    # Binary reward: some GRPO groups are all 0 or all 1 (advantage 0, gradient exactly 0),
+    # others mixed. Step 2's prompts all score 0: nothing to run, yet AdamW still steps
+    # (momentum, weight decay) exactly as it does on the full batch's zero gradient.
+    env = {"name": "test-ascii-fraction", "options": {"threshold": 0.6}}
+    env["options"]["zero_for"] = _step_prompts(env["options"], 1)
+    runs = {
+        skip: run(tiny_model_dir, tmp_path / str(skip), env=env,
+                  algo={"skip_zero_grad_rows": skip},
+                  train={"steps": 3, "lr": 1e-2, "save_every": 1})
+        for skip in (True, False)
+    }  # fmt: skip
+    on, off = read_metrics(runs[True]), read_metrics(runs[False])
+    trained = [r["rows_trained"] for r in on]
+    assert trained[1] == 0 and any(0 < t < 16 for t in trained), trained
+    assert "rows_trained" not in off[0] and "entropy" not in on[1] and "entropy" in off[1]
+    for a, b in zip(on, off, strict=True):
+        assert a["reward_mean"] == b["reward_mean"]  # same completions
+        for k in ("loss", "pg_loss", "clip_frac", "grad_norm"):
+            assert a[k] == pytest.approx(b[k], abs=1e-6), k
+    got = AutoModelForCausalLM.from_pretrained(runs[True] / "final").state_dict()
+    want = AutoModelForCausalLM.from_pretrained(runs[False] / "final").state_dict()
+    for k, v in want.items():  # float summation order differs; Adam's g/√v amplifies it
+        torch.testing.assert_close(got[k], v, atol=1e-5, rtol=1e-4)
+    ckpts = runs[True] / "checkpoints"
+    before, after = (AutoModelForCausalLM.from_pretrained(ckpts / f"step-{i}").state_dict()
+                     for i in (1, 2))  # fmt: skip
+    assert all(not torch.equal(before[k], after[k]) for k in before)  # step 2 moved everything
+
+
+def test_rows_to_train_keeps_every_row_with_a_kl_or_value_term():
+    from verirl.train.config import AlgoSection
+    from verirl.train.model import Batch
+    from verirl.train.update import Rollout, rows_to_train
+
+    mask = torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    ids = torch.zeros((4, 4), dtype=torch.long)
+    batch = Batch(ids, torch.ones_like(ids), ids[:, 1:], mask)
+    ro = Rollout(batch, torch.zeros(2, 2), torch.ones(2, 2))
+    ro.adv = torch.tensor([0.5, 0.0, 0.7, 0.0]).unsqueeze(-1) * mask
+    grpo = AlgoSection(batch_size=4, group_size=2)
+    assert rows_to_train(ro, grpo, None).tolist() == [0]  # row 2: nothing in the mask
+    ro.ref_logp = torch.zeros_like(mask)  # β > 0: the KL term has a gradient everywhere
+    assert rows_to_train(ro, grpo, None).tolist() == [0, 1, 3]
+    ppo = AlgoSection(name="ppo", batch_size=4, group_size=1, kl_in="reward")
+    assert rows_to_train(ro, ppo, object()).tolist() == [0, 1, 3]  # the critic's loss

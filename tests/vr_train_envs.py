@@ -24,9 +24,19 @@ class AsciiFractionEnv(Environment):
     reward_kinds = ("dense",)
     fields = ("prompt",)
 
-    def __init__(self, size: int = 32, fail_every: int = 0, delay: float = 0.0) -> None:
-        """`fail_every`: crash on ~1/n of completions; `delay`: seconds per score (slow runs)."""
+    def __init__(
+        self,
+        size: int = 32,
+        fail_every: int = 0,
+        delay: float = 0.0,
+        zero_for: Sequence[str] = (),
+        threshold: float | None = None,
+    ) -> None:
+        """`fail_every`: crash on ~1/n of completions; `delay`: seconds per score (slow runs);
+        `zero_for`: prompts whose completions all get 0 (groups with no signal); `threshold`:
+        binary reward, 1 when the ASCII share reaches it."""
         self.size, self.fail_every, self.delay = size, fail_every, delay
+        self.zero_for, self.threshold = set(zero_for), threshold
 
     def rows(self, split: str = "train") -> Sequence[Row]:
         return [{"prompt": f"{i}:"} for i in range(self.size)]
@@ -41,6 +51,10 @@ class AsciiFractionEnv(Environment):
         if not completion:
             return RewardResult(0.0, "format_error", detail="empty")
         frac = sum(ch.isascii() for ch in completion) / len(completion)
+        if row["prompt"] in self.zero_for:
+            return RewardResult(0.0, "incorrect", {"ascii": 0.0})
+        if self.threshold is not None:
+            frac = float(frac >= self.threshold)
         return RewardResult(frac, "correct" if frac > 0.9 else "incorrect", {"ascii": frac})
 
 

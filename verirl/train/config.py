@@ -89,6 +89,13 @@ class AlgoSection(StrictModel):
     filter_zero_variance: bool = Field(
         default=False, description="DAPO: drop groups whose rewards are all equal before the update"
     )
+    skip_zero_grad_rows: bool = Field(
+        default=True,
+        description="skip the forward/backward of rows whose gradient is exactly 0: masked out "
+        "(infra error, filtered group), or zero advantage with no KL in the loss and no critic "
+        "(a GRPO group whose rewards are all equal); the update is unchanged, the entropy "
+        "metric is then over the rows trained on",
+    )
     beta: float = Field(default=0.0, ge=0.0, description="KL coefficient β (0: no reference model)")
     kl_estimator: Literal["k1", "k2", "k3"] = Field(
         default="k3", description="per-token KL estimator"

@@ -213,6 +213,14 @@ def all_reduce_sum(x: torch.Tensor | float, ctx: DistContext) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(x: torch.Tensor | float, ctx: DistContext) -> torch.Tensor:
+    """max over ranks (float64, on the rank's device; a copy of x for a single process)."""
+    t = torch.as_tensor(x, dtype=torch.float64).detach().clone().to(ctx.device)
+    if ctx.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def loss_normalizer(local_count: torch.Tensor | float, ctx: DistContext) -> float:
     """N_global / W: divide a rank's summed loss by this so DDP's mean is the global mean.
 
@@ -258,6 +266,7 @@ def global_masked_whiten(
 TRAIN_METRIC_OPS: dict[str, str] = {
     "infra_errors": "sum",
     "groups_kept": "sum",
+    "rows_trained": "sum",
     "status/": "sum",
     "tokens_per_s": "sum",
     "step_seconds": "max",

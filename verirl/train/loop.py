@@ -37,11 +37,14 @@ from verirl.train.model import Reference, ValueHead, load_policy, render_prompt
 from verirl.train.update import (
     Rollout,
     batch_rows,
+    fill_missing_grads,
     grpo_advantage,
+    pad_rows,
     policy_update,
     ppo_advantage,
     reward_stats,
     rollout_logprobs,
+    rows_to_train,
     score_async,
     sequence_logprobs,
     to_batch,
@@ -326,15 +329,22 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, ctx: dist.DistContext, dev
             n_tok = float(dist.all_reduce_sum(mask.sum(), ctx))
             n_seq = float(dist.all_reduce_sum((mask.sum(-1) > 0).sum(), ctx))
             norms = (max(n_tok, 1.0) / ctx.world_size, max(n_seq, 1.0) / ctx.world_size)
+            # rows with a non-zero gradient; every rank runs as many as the busiest one
+            live = rows_to_train(ro, a, run.critic) if a.skip_zero_grad_rows else None
+            todo = live
+            if live is not None and ctx.world_size > 1:
+                busiest = int(dist.all_reduce_max(len(live), ctx))
+                todo = pad_rows(live, busiest, batch_size)
             if n_tok > 0:  # all groups filtered or failed everywhere: nothing to learn
                 for _ in range(a.epochs):
                     run.opt.zero_grad(set_to_none=True)
                     with autocast:
                         upd = policy_update(
                             run.policy, ro, a, micro, r.max_new_tokens, run.critic, norms,
-                            no_sync,
+                            no_sync, todo,
                         )  # fmt: skip
                     params = [p for g in run.opt.param_groups for p in g["params"]]
+                    fill_missing_grads(params)
                     grad_norm = dist.clip_grad_norm(params, t.max_grad_norm)
                     run.opt.step()
                     run.sched.step()
@@ -345,12 +355,14 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, ctx: dist.DistContext, dev
             # 7. log (metrics reduced over ranks; rank 0 writes)
             seconds = time.perf_counter() - t0
             n_gen = sum(len(c.token_ids) for g in groups for c in g)
+            if live is not None:
+                ro.stats["rows_trained"] = float(len(live))
             row: dict[str, Any] = {**ro.stats, **upd, "grad_norm": grad_norm,
                    "lr": run.sched.get_last_lr()[0], "response_length": n_gen / batch_size,
                    "step_seconds": seconds, "gen_seconds": t_gen, "sync_seconds": sync_s,
                    "tokens_per_s": n_gen / seconds}  # fmt: skip
             if ctx.world_size > 1:
-                row = dist.all_reduce_metrics(row, ctx, _metric_counts(ro))
+                row = dist.all_reduce_metrics(row, ctx, _metric_counts(ro, todo))
             row = {"step": step + 1, **row}
             if log is not None:
                 log.log(row)
@@ -377,13 +389,16 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, ctx: dist.DistContext, dev
     return run.run_dir
 
 
-def _metric_counts(ro: Rollout) -> dict[str, float]:
+def _metric_counts(ro: Rollout, rows: torch.Tensor | None) -> dict[str, float]:
     """Weights of the per-sample means in the cross-rank reduction: the reward metrics average
-    over scored (valid) samples, which ranks may hold different numbers of."""
+    over scored (valid) samples, which ranks may hold different numbers of; entropy and the
+    TIS weight over the tokens of the rows each rank trained on."""
     valid = float(ro.valid.sum())
-    return {
+    counts = {
         k: valid for k in ro.stats if k in ("reward_mean", "pass_rate") or k.startswith("reward/")
     }
+    tokens = float(ro.batch.mask.sum() if rows is None else ro.batch.mask[rows].sum())
+    return counts | {"entropy": tokens, "tis_weight": tokens}
 
 
 def _samples(groups: Any, rows: Any, prompts: list[str], results: Any, cfg: TrainConfig) -> Any:

@@ -146,8 +146,9 @@ class Batch:
     targets: torch.Tensor  # [B, L-1] = input_ids[:, 1:]
     mask: torch.Tensor  # [B, L-1], 1 where the target is a completion token
 
-    def slice(self, s: slice) -> Batch:
-        # Trim trailing all-pad columns so a micro-batch of short sequences computes no waste.
+    def slice(self, s: slice | torch.Tensor) -> Batch:
+        """Rows `s` (a slice, or a tensor of row indices), trimmed of trailing all-pad columns
+        so a micro-batch of short sequences computes no waste."""
         width = int(self.attention_mask[s].sum(-1).max().item())
         return Batch(
             self.input_ids[s, :width],

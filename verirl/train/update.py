@@ -165,8 +165,49 @@ def ppo_advantage(
     ro.adv, ro.returns = whiten(adv, mask), ret
 
 
-def _cut(t: torch.Tensor | None, s: slice, width: int) -> torch.Tensor | None:
-    return None if t is None else t[s, :width]
+def _rows(t: torch.Tensor | None, idx: torch.Tensor, width: int) -> torch.Tensor | None:
+    return None if t is None else t[idx, :width]
+
+
+def rows_to_train(ro: Rollout, algo: AlgoSection, value_head: Any) -> torch.Tensor:
+    """Indices [R] of the rows whose loss can have a non-zero gradient, in batch order.
+
+    A row with no token in the mask (an infra error, a DAPO-filtered group) adds nothing to
+    the loss. With no KL term in the loss and no critic, a row's loss is −min(ρ·A, clip(ρ)·A)
+    per token: a row whose advantage is 0 at every token (every row of a GRPO group whose
+    rewards are all equal) has loss 0 and gradient 0 whatever θ is. The update skips both
+    kinds (``algo.skip_zero_grad_rows``); the loss normalisers still count their tokens, so
+    the gradient is the full batch's (up to float summation order).
+    """
+    assert ro.adv is not None
+    live = ro.batch.mask.sum(-1) > 0
+    kl_in_loss = ro.ref_logp is not None and (algo.name == "grpo" or algo.kl_in == "loss")
+    if value_head is None and not kl_in_loss:
+        live &= (ro.adv * ro.batch.mask).ne(0).any(-1)
+    return live.nonzero().squeeze(-1)
+
+
+def pad_rows(rows: torch.Tensor, k: int, total: int) -> torch.Tensor:
+    """`rows` topped up to `k` indices with rows not in it (zero-gradient rows): under DDP/FSDP
+    every rank must run the same number of micro-steps, as many as the busiest rank.
+
+    >>> pad_rows(torch.tensor([1, 3]), 4, 5).tolist()
+    [1, 3, 0, 2]
+    """
+    if len(rows) >= k:
+        return rows
+    rest = torch.ones(total, dtype=torch.bool)
+    rest[rows] = False
+    return torch.cat([rows, rest.nonzero().squeeze(-1)[: k - len(rows)]])
+
+
+def fill_missing_grads(params: list[torch.nn.Parameter]) -> None:
+    """Zero gradients for parameters no micro-step reached (every row skipped): AdamW steps a
+    parameter with a zero gradient (momentum, weight decay) but skips one whose grad is None,
+    and the full batch's gradient would have been exactly zero, not absent."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
 
 
 def policy_update(
@@ -178,6 +219,7 @@ def policy_update(
     value_head: Any,
     normalizers: tuple[float, float],
     no_sync: Callable[[bool], AbstractContextManager[Any]],
+    rows: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One optimisation pass over the batch with gradient accumulation (the caller steps).
 
@@ -188,17 +230,26 @@ def policy_update(
     `normalizers` = (tokens, sequences) of the global batch divided by the world size (this
     batch's counts for one process), so DDP's gradient mean is the global batch's gradient;
     `no_sync(accumulating)` wraps every micro-step's forward and backward, skipping the
-    gradient all-reduce on all but the last (``distributed.no_sync_if``).
+    gradient all-reduce on all but the last (``distributed.no_sync_if``). `rows`: the rows to
+    run (``rows_to_train``; default all), `micro` at a time. Entropy and the TIS weight are
+    means over the tokens of the rows run; the losses and clip fraction are over the batch.
     """
     assert ro.adv is not None
     b = ro.batch
     n_tok, n_seq = normalizers
     acc: dict[str, float] = dict.fromkeys(("loss", "pg_loss", "clip_frac", "entropy"), 0.0)
-    rows = b.targets.shape[0]
-    for s0 in range(0, rows, micro):
-        with no_sync(s0 + micro < rows):
-            _micro_step(model, ro, algo, slice(s0, s0 + micro), max_new_tokens, value_head,
+    if rows is None:
+        rows = torch.arange(b.targets.shape[0])
+    run_tokens = float(b.mask[rows].sum())
+    for s0 in range(0, len(rows), micro):
+        with no_sync(s0 + micro < len(rows)):
+            _micro_step(model, ro, algo, rows[s0 : s0 + micro], max_new_tokens, value_head,
                         n_tok, n_seq, acc)  # fmt: skip
+    for k in ("entropy", "tis_weight"):  # sums over the rows run -> their token means
+        if k in acc:
+            acc[k] /= max(run_tokens, 1.0)
+    if not len(rows):
+        del acc["entropy"]  # no token was run: no entropy to report
     return dict(acc)
 
 
@@ -206,31 +257,31 @@ def _micro_step(
     model: Any,
     ro: Rollout,
     algo: AlgoSection,
-    s: slice,
+    idx: torch.Tensor,
     max_new_tokens: int,
     value_head: Any,
     n_tok: float,
     n_seq: float,
     acc: dict[str, float],
 ) -> None:
-    """Forward and backward of one micro-batch; adds its metrics into `acc`."""
+    """Forward and backward of the micro-batch of rows `idx`; adds its metrics into `acc`."""
     assert ro.adv is not None
-    mb = ro.batch.slice(s)
+    mb = ro.batch.slice(idx)
     w = mb.targets.shape[1]
     logits, h = forward_logits(model, mb, hidden=value_head is not None)
     logp, ent = token_logprobs_and_entropy(logits, mb.targets)  # [b, w] each, one pass
-    old = _cut(ro.old_logp, s, w)
+    old = _rows(ro.old_logp, idx, w)
     old = logp.detach() if old is None else old  # epochs = 1: ratio is 1, one forward
-    adv = ro.adv[s, :w]
+    adv = ro.adv[idx, :w]
     m = mb.mask
     pg, clipped = clipped_policy_loss(logp, old, adv, m, algo.clip_low, algo.clip_high)
     if algo.tis_cap is not None and ro.rollout_logp is not None:
-        tis = truncated_is_weights(old.detach(), ro.rollout_logp[s, :w], algo.tis_cap)
+        tis = truncated_is_weights(old.detach(), ro.rollout_logp[idx, :w], algo.tis_cap)
         pg = pg * tis
-        acc["tis_weight"] = acc.get("tis_weight", 0.0) + float((tis * m).sum()) / n_tok
+        acc["tis_weight"] = acc.get("tis_weight", 0.0) + float((tis * m).sum())
     per_tok = pg
     if ro.ref_logp is not None:
-        kl = kl_penalty(logp, ro.ref_logp[s, :w], algo.kl_estimator)
+        kl = kl_penalty(logp, ro.ref_logp[idx, :w], algo.kl_estimator)
         acc["kl"] = acc.get("kl", 0.0) + float((kl.detach() * m).sum()) / n_tok
         if algo.name == "grpo" or algo.kl_in == "loss":
             per_tok = per_tok + algo.beta * kl
@@ -239,7 +290,7 @@ def _micro_step(
     if value_head is not None:
         assert ro.old_values is not None and ro.returns is not None
         v = value_head(h)
-        vloss = value_loss(v, ro.old_values[s, :w], ro.returns[s, :w], m, algo.value_clip,
+        vloss = value_loss(v, ro.old_values[idx, :w], ro.returns[idx, :w], m, algo.value_clip,
                            num_tokens=n_tok)  # fmt: skip
         loss = loss + algo.vf_coef * vloss
         acc["value_loss"] = acc.get("value_loss", 0.0) + float(vloss.detach())
@@ -248,4 +299,4 @@ def _micro_step(
         acc["loss"] += float(loss.detach())
         acc["pg_loss"] += float((pg.detach() * m).sum()) / n_tok
         acc["clip_frac"] += float(clipped.sum()) / n_tok
-        acc["entropy"] += float((ent * m).sum()) / n_tok
+        acc["entropy"] += float((ent * m).sum())
