@@ -3,6 +3,7 @@ does: logits, last hidden state and every parameter's gradient, on a right-padde
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -52,3 +53,37 @@ def test_lean_forward_falls_back_on_left_padding(tiny_model_dir, monkeypatch):
         logits, _ = forward_logits(model, batch)
         ref = model(input_ids=ids, attention_mask=att).logits[:, :-1]
     assert torch.equal(logits, ref)
+
+
+@pytest.mark.parametrize("attention", ["explicit", "sdpa"])
+def test_shared_prompt_forward_matches_transformers(tiny_model_dir, monkeypatch, attention):
+    """GRPO-shaped batch: 3 prompts of different lengths x 4 completions of different lengths
+    (one of a single token). Each prompt runs once; outputs and gradients are transformers'."""
+    from verirl.rollout import fastdecode
+
+    if attention == "sdpa":  # the path long sequences (and GPUs) take
+        monkeypatch.setattr(fastdecode, "EXPLICIT_ATTENTION_ELEMENTS", 0)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
+    rows = [(p, torch.randint(2, 250, (n,)).tolist()) for p in prompts for n in (9, 1, 12, 7)]
+    batch = pack([p for p, _ in rows], [c for _, c in rows], 0, "cpu")
+    real = batch.attention_mask[:, :-1].bool()
+    weights = torch.rand(*batch.targets.shape, model.config.vocab_size) * real[..., None]
+    monkeypatch.setattr(model_mod, "LEAN_TRAIN_FORWARD", False)
+    ref = _grads_and_outputs(model, batch, weights)
+    monkeypatch.setattr(model_mod, "LEAN_TRAIN_FORWARD", True)
+    calls = []
+    shared = model_mod.train_forward_shared
+    monkeypatch.setattr(model_mod, "train_forward_shared",
+                        lambda *a: calls.append(a[-2]) or shared(*a))  # fmt: skip
+    lean = _grads_and_outputs(model, batch, weights)
+    assert calls == [prompts], "each distinct prompt once"
+    assert torch.allclose(lean[0][real], ref[0][real], atol=1e-5)
+    assert torch.allclose(lean[1][real], ref[1][real], atol=1e-5)
+    for name, g in ref[2].items():
+        assert (lean[2][name] - g).abs().max() <= 1e-5 * g.abs().max(), name
+    # distinct prompts (SFT) save nothing: the plain lean forward runs
+    one_each = batch.slice(torch.tensor([0, 4, 8]))
+    lengths = one_each.attention_mask.sum(-1).tolist()
+    assert fastdecode.shared_prompt_rows(one_each.input_ids, lengths, [6, 2, 4]) is None

@@ -270,3 +270,119 @@ def train_forward(model: Any, input_ids: torch.Tensor) -> tuple[torch.Tensor, to
                          L.down, L.db)  # fmt: skip
     h = _RMSNorm.apply(h, inner.norm.weight, float(inner.norm.variance_epsilon))
     return F.linear(h, model.lm_head.weight, _bias(model.lm_head)), h
+
+
+def shared_prompt_rows(
+    input_ids: torch.Tensor, lengths: list[int], prompt_lens: list[int], min_saving: float = 0.1
+) -> tuple[list[list[int]], list[int]] | None:
+    """(distinct prompts, each row's prompt index) when rows share prompts enough to pay:
+    ``train_forward_shared`` then runs `U·Lp + B·Lc` token positions instead of `B·L`; None
+    when no prompt is shared (SFT rows) or that saves less than `min_saving` of them."""
+    ids = input_ids.tolist()
+    index: dict[tuple[int, ...], int] = {}
+    of = [index.setdefault(tuple(ids[b][:p]), len(index)) for b, p in enumerate(prompt_lens)]
+    prompts = [list(p) for p in index]
+    b, width = len(ids), input_ids.shape[1]
+    lp = max(len(p) for p in prompts)
+    lc = max(n - p for n, p in zip(lengths, prompt_lens, strict=True))
+    if len(prompts) == b or lc < 1 or len(prompts) * lp + b * lc > (1 - min_saving) * b * width:
+        return None
+    return prompts, of
+
+
+def train_forward_shared(
+    model: Any,
+    input_ids: torch.Tensor,
+    lengths: list[int],
+    prompt_lens: list[int],
+    prompts: list[list[int]],
+    prompt_of: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``train_forward`` for rows that share prompts (GRPO's G completions of one prompt): each
+    distinct prompt runs through the layers once, its keys and values serving all its rows.
+
+    Token positions are laid out flat: U distinct prompts right-padded to Lp, then B
+    completions right-padded to Lc. Norms, projections and MLPs run on the flat tokens; a
+    prompt's queries attend causally within it; a completion's queries attend to its prompt's
+    keys (valid positions) and causally to its own. The result is gathered back to the
+    right-padded [B, L] layout of `input_ids`, a row's prompt positions reading its prompt's
+    states, so a prompt's gradient is the sum over its rows: the same values and gradients as
+    ``train_forward`` (up to float rounding) for `G·Lp − Lp` fewer positions per group.
+    `lengths`/`prompt_lens`: each row's tokens and prompt tokens; `prompts`/`prompt_of` from
+    ``shared_prompt_rows``.
+    """
+    inner, cfg = model.model, model.config
+    b, width = input_ids.shape
+    dev = input_ids.device
+    nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
+    g = nh // nkv
+    u, lp = len(prompts), max(len(p) for p in prompts)
+    lc = max(n - p for n, p in zip(lengths, prompt_lens, strict=True))
+    ids = input_ids.tolist()
+    pad = ids[0][0]  # any valid token id: padded positions are never read back
+    flat = [t for p in prompts for t in p + [pad] * (lp - len(p))]
+    flat += [t for r, n, p in zip(ids, lengths, prompt_lens, strict=True)
+             for t in r[p:n] + [pad] * (lc - (n - p))]  # fmt: skip
+    plen = torch.tensor(prompt_lens, device=dev)  # [B]
+    of = torch.tensor(prompt_of, device=dev)  # [B]
+    pos = torch.cat([torch.arange(lp, device=dev).repeat(u),
+                     (plen[:, None] + torch.arange(lc, device=dev)).flatten()])  # fmt: skip
+    table = torch.arange(int(pos.max()) + 1, device=dev)[None]
+    cos, sin = inner.rotary_emb(inner.embed_tokens.weight[:1], table)  # [1, P, hd]
+    sin_rot = torch.cat((-sin[0, :, : hd // 2], sin[0, :, hd // 2 :]), dim=-1)
+    cos_t, sin_t = cos[0][pos][:, None], sin_rot[pos][:, None]  # [N, 1, hd]
+    n_p = u * lp
+    # completion query i of row r sees its prompt's first plen[r] keys and its own keys <= i
+    key = torch.arange(lp + lc, device=dev)
+    seen = torch.where(key < lp, key[None, None] < plen[:, None, None],
+                       (key - lp)[None, None] <= torch.arange(lc, device=dev)[None, :, None])  # fmt: skip
+    explicit = dev.type == "cpu" and b * nh * lc * (lp + lc) <= EXPLICIT_ATTENTION_ELEMENTS
+    if explicit:  # additive bias, query heads sharing a K/V head stacked along rows
+        bias = torch.zeros(seen.shape, dtype=inner.embed_tokens.weight.dtype, device=dev)
+        bias = bias.masked_fill_(~seen, float("-inf"))[:, None, None]
+        bias = bias.expand(b, nkv, g, lc, lp + lc).reshape(b * nkv, g * lc, lp + lc)
+    h = F.embedding(torch.tensor(flat, device=dev), inner.embed_tokens.weight)  # [N, H]
+    for layer in inner.layers:
+        L = _Layer(layer)
+        x = _RMSNorm.apply(h, L.ln1, L.eps1)
+        q = F.linear(x, L.q, L.qb).view(-1, nh, hd)
+        k = F.linear(x, L.k, L.kb).view(-1, nkv, hd)
+        v = F.linear(x, L.v, L.vb).view(-1, nkv, hd)
+        q = q * cos_t + q.roll(hd // 2, -1) * sin_t
+        k = k * cos_t + k.roll(hd // 2, -1) * sin_t
+
+        def prompt_part(t: torch.Tensor, heads: int) -> torch.Tensor:
+            return t[:n_p].view(u, lp, heads, hd).transpose(1, 2)
+
+        def completion_part(t: torch.Tensor, heads: int) -> torch.Tensor:
+            return t[n_p:].view(b, lc, heads, hd).transpose(1, 2)
+
+        kp, vp = prompt_part(k, nkv), prompt_part(v, nkv)
+        o_p = _causal_attention(prompt_part(q, nh), kp, vp, L.scale)  # [U, nh, Lp, hd]
+        keys = torch.cat([kp[of], completion_part(k, nkv)], dim=2)  # [B, nkv, Lp+Lc, hd]
+        values = torch.cat([vp[of], completion_part(v, nkv)], dim=2)
+        qc = completion_part(q, nh)  # [B, nh, Lc, hd]
+        if explicit:
+            s = torch.baddbmm(bias, qc.reshape(b * nkv, g * lc, hd),
+                              keys.reshape(b * nkv, lp + lc, hd).transpose(1, 2),
+                              alpha=L.scale)  # fmt: skip
+            o_c = torch.bmm(s.softmax(-1), values.reshape(b * nkv, lp + lc, hd))
+            o_c = o_c.view(b, nh, lc, hd)
+        else:
+            o_c = F.scaled_dot_product_attention(qc, keys, values, attn_mask=seen[:, None],
+                                                 scale=L.scale, enable_gqa=nkv != nh)  # fmt: skip
+        o = torch.cat([o_p.transpose(1, 2).reshape(n_p, nh * hd),
+                       o_c.transpose(1, 2).reshape(b * lc, nh * hd)])  # fmt: skip
+        h = h + F.linear(o, L.o, L.ob)
+        x = _RMSNorm.apply(h, L.ln2, L.eps2)
+        h = h + F.linear(F.silu(F.linear(x, L.gate, L.gb)) * F.linear(x, L.up, L.ub),
+                         L.down, L.db)  # fmt: skip
+    h = _RMSNorm.apply(h, inner.norm.weight, float(inner.norm.variance_epsilon))
+    # back to [B, L]: prompt positions from the row's prompt, the rest from its completion
+    t = torch.arange(width, device=dev)[None]
+    at = torch.where(t < plen[:, None], of[:, None] * lp + t,
+                     n_p + torch.arange(b, device=dev)[:, None] * lc
+                     + (t - plen[:, None]).clamp(0, lc - 1))  # fmt: skip
+    h = h[at]  # [B, L, H]
+    return F.linear(h, model.lm_head.weight, _bias(model.lm_head)), h

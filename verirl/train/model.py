@@ -15,7 +15,12 @@ from torch import nn
 
 from verirl.algos import adapters_disabled, ema_update, frozen_copy
 from verirl.errors import ConfigError
-from verirl.rollout.fastdecode import is_plain, train_forward
+from verirl.rollout.fastdecode import (
+    is_plain,
+    shared_prompt_rows,
+    train_forward,
+    train_forward_shared,
+)
 from verirl.train.config import ModelSection
 
 
@@ -145,6 +150,7 @@ class Batch:
     attention_mask: torch.Tensor  # [B, L]
     targets: torch.Tensor  # [B, L-1] = input_ids[:, 1:]
     mask: torch.Tensor  # [B, L-1], 1 where the target is a completion token
+    prompt_lens: torch.Tensor | None = None  # [B] tokens of each row's prompt (None: unknown)
 
     def slice(self, s: slice | torch.Tensor) -> Batch:
         """Rows `s` (a slice, or a tensor of row indices), trimmed of trailing all-pad columns
@@ -155,6 +161,7 @@ class Batch:
             self.attention_mask[s, :width],
             self.targets[s, : width - 1],
             self.mask[s, : width - 1],
+            None if self.prompt_lens is None else self.prompt_lens[s],
         )
 
 
@@ -170,12 +177,14 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad: int, devic
     att = (col < ends).long()
     resp = ((col >= starts) & (col < ends)).float()  # completion tokens
     ids, att = ids.to(device), att.to(device)
-    return Batch(ids, att, ids[:, 1:], resp[:, 1:].to(device))
+    return Batch(ids, att, ids[:, 1:], resp[:, 1:].to(device), starts[:, 0].to(device))
 
 
 # Run plain Qwen2/Llama policies through ``train_forward`` (see ``forward_logits``); tests may
 # turn it off to compare against transformers' own forward bit for bit.
 LEAN_TRAIN_FORWARD = True
+# Run a prompt shared by several rows (a GRPO group) once (``train_forward_shared``).
+SHARE_PROMPTS = True
 
 
 def forward_logits(model: Any, batch: Batch, hidden: bool = False) -> tuple[torch.Tensor, Any]:
@@ -183,10 +192,11 @@ def forward_logits(model: Any, batch: Batch, hidden: bool = False) -> tuple[torc
 
     With ``LEAN_TRAIN_FORWARD``, a plain Qwen2/Llama model runs ``train_forward`` (the same
     computation without transformers' per-module overhead; ~15% less forward+backward time on
-    CPU); wrapped (DDP, FSDP, peft), checkpointed or dropout-using models, and other
-    architectures, run their own forward."""
+    CPU), or ``train_forward_shared`` when rows share prompts (each distinct prompt through
+    the layers once); wrapped (DDP, FSDP, peft), checkpointed or dropout-using models, and
+    other architectures, run their own forward."""
     if LEAN_TRAIN_FORWARD and _lean_ok(model, batch):
-        logits, last = train_forward(model, batch.input_ids)
+        logits, last = _lean_forward(model, batch)
         return logits[:, :-1], (last[:, :-1] if hidden else None)
     out = model(
         input_ids=batch.input_ids,
@@ -196,6 +206,16 @@ def forward_logits(model: Any, batch: Batch, hidden: bool = False) -> tuple[torc
     )
     h = out.hidden_states[-1][:, :-1] if hidden else None
     return out.logits[:, :-1], h
+
+
+def _lean_forward(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    if SHARE_PROMPTS and batch.prompt_lens is not None:
+        lengths = batch.attention_mask.sum(-1).tolist()
+        prompt_lens = batch.prompt_lens.tolist()
+        plan = shared_prompt_rows(batch.input_ids, lengths, prompt_lens)
+        if plan is not None:
+            return train_forward_shared(model, batch.input_ids, lengths, prompt_lens, *plan)
+    return train_forward(model, batch.input_ids)
 
 
 def _lean_ok(model: Any, batch: Batch) -> bool:

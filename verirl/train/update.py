@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -43,10 +44,15 @@ def batch_rows(rows: Any, step: int, n: int, seed: int) -> list[Row]:
     out = []
     for k in range(step * n, step * n + n):
         epoch, pos = divmod(k, len(rows))
-        order = list(range(len(rows)))
-        random.Random(seed * 100_003 + epoch).shuffle(order)
-        out.append(rows[order[pos]])
+        out.append(rows[_epoch_order(len(rows), seed, epoch)[pos]])
     return out
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(size: int, seed: int, epoch: int) -> tuple[int, ...]:
+    order = list(range(size))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return tuple(order)
 
 
 def score_async(
