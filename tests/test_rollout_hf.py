@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -9,7 +10,15 @@ from verirl.rollout.base import SamplingParams
 from verirl.rollout.hf import HFRolloutEngine, _draw
 
 
-def test_generate_shapes_logprobs_and_seed(tiny_model_dir):
+@pytest.mark.parametrize("weights", ["fused", "separate"])
+def test_generate_shapes_logprobs_and_seed(tiny_model_dir, monkeypatch, weights):
+    from verirl.rollout import fastdecode
+
+    if weights == "separate":  # the path of models above FUSE_MAX_PARAMS
+        monkeypatch.setattr(fastdecode, "FUSE_MAX_PARAMS", 0)
+    made = []
+    monkeypatch.setattr(fastdecode.FastDecoder, "maybe",
+                        classmethod(lambda cls, *a: made.append(cls(*a)) or made[-1]))  # fmt: skip
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     engine = HFRolloutEngine(model, tok)
@@ -32,6 +41,7 @@ def test_generate_shapes_logprobs_and_seed(tiny_model_dir):
         ref = torch.log_softmax(logits.float(), -1)
         ref = ref.gather(-1, ids[0, len(c.prompt_token_ids) :, None]).squeeze(-1)
         assert torch.allclose(ref, torch.tensor(c.logprobs), atol=1e-4)
+    assert made and all((d.fused is not None) == (weights == "fused") for d in made)
     again = engine.generate(["1+1=", "12+30="], n=3, sampling=sp)
     assert [[x.token_ids for x in g] for g in again] == [[x.token_ids for x in g] for g in out]
     model.train()  # generate evaluates in eval mode and restores the caller's mode

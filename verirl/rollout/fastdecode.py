@@ -72,6 +72,40 @@ def _residual_linear(h: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: Any) 
     return h + F.linear(x, w, b)
 
 
+# Models up to this many parameters decode with fused, transposed weight copies (`_Fused`).
+FUSE_MAX_PARAMS = 2**27
+
+
+def _cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if any(t is None for t in parts) else torch.cat(parts)  # type: ignore[arg-type]
+
+
+def _mm(x: torch.Tensor, w_t: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x·w_t (+ b) for a transposed weight w_t [in, out]."""
+    return torch.mm(x, w_t) if b is None else torch.addmm(b, x, w_t)
+
+
+class _Fused:
+    """A layer's decode weights as contiguous [in, out] copies: q|k|v and gate|up side by side
+    (biases likewise; a bias on one part but not another keeps the parts unfused)."""
+
+    def __init__(self, L: _Layer) -> None:
+        self.qkv = torch.cat((L.q, L.k, L.v)).t().contiguous()
+        self.qkv_b = _cat([L.qb, L.kb, L.vb])
+        if self.qkv_b is None and not (L.qb is None and L.kb is None and L.vb is None):
+            raise _Unfusable
+        self.gate_up = torch.cat((L.gate, L.up)).t().contiguous()
+        self.gate_up_b = _cat([L.gb, L.ub])
+        if self.gate_up_b is None and not (L.gb is None and L.ub is None):
+            raise _Unfusable
+        self.inter = L.gate.shape[0]
+        self.o, self.down = L.o.t().contiguous(), L.down.t().contiguous()
+
+
+class _Unfusable(Exception):
+    pass
+
+
 class FastDecoder:
     def __init__(self, model: Any, batch: int, max_len: int) -> None:
         self.model = model
@@ -98,6 +132,16 @@ class FastDecoder:
         # rotate_half(x)·sin = roll(x, hd/2)·[−sin₁, sin₂]: one roll instead of chunk/neg/cat.
         half = self.head_dim // 2
         self.sin_rot = torch.cat((-self.sin[:, :half], self.sin[:, half:]), dim=-1)
+        # Decode steps are small matmuls; one [H, (nh+2·nkv)·hd] product for q, k, v and one
+        # [H, 2·I] for gate and up, with transposed contiguous weights, take ~6% less time
+        # per step than seven separate ones. The copies cost the linear weights' memory
+        # once more, so only models up to FUSE_MAX_PARAMS get them.
+        self.fused: list[_Fused] | None = None
+        if sum(t.numel() for t in model.parameters()) <= FUSE_MAX_PARAMS:
+            try:
+                self.fused = [_Fused(L) for L in self.layers]
+            except _Unfusable:
+                self.fused = None
 
     @classmethod
     def maybe(cls, model: Any, batch: int, max_len: int) -> FastDecoder | None:
@@ -154,19 +198,35 @@ class FastDecoder:
         neg = self.neg[:, None, None, :end]  # [B, 1, 1, end]
         for i, L in enumerate(self.layers):
             x = _rms_norm(h, L.ln1, L.eps1)
-            q = self._rope(F.linear(x, L.q, L.qb).view(b, nh, hd), cos, sin_rot)
-            self.k[i][:, :, end - 1] = self._rope(F.linear(x, L.k, L.kb).view(b, nkv, hd),
-                                                  cos, sin_rot)  # fmt: skip
-            self.v[i][:, :, end - 1] = F.linear(x, L.v, L.vb).view(b, nkv, hd)
+            if self.fused is not None:
+                Fu = self.fused[i]
+                qkv = _mm(x, Fu.qkv, Fu.qkv_b).view(b, nh + 2 * nkv, hd)
+                qk = self._rope(qkv[:, : nh + nkv], cos, sin_rot)  # q and k heads at once
+                q = qk[:, :nh].reshape(b, nkv, g, hd)
+                self.k[i][:, :, end - 1] = qk[:, nh:]
+                self.v[i][:, :, end - 1] = qkv[:, nh + nkv :]
+            else:
+                q = self._rope(F.linear(x, L.q, L.qb).view(b, nh, hd), cos, sin_rot)
+                q = q.view(b, nkv, g, hd)
+                self.k[i][:, :, end - 1] = self._rope(F.linear(x, L.k, L.kb).view(b, nkv, hd),
+                                                      cos, sin_rot)  # fmt: skip
+                self.v[i][:, :, end - 1] = F.linear(x, L.v, L.vb).view(b, nkv, hd)
             keys, values = self.k[i][:, :, :end], self.v[i][:, :, :end]  # [B, nkv, end, hd]
             # query heads kv·g … kv·g+g−1 share K/V head kv (transformers' repeat_kv order)
-            s = torch.matmul(q.view(b, nkv, g, hd), keys.transpose(-1, -2))  # [B, nkv, g, end]
+            s = torch.matmul(q, keys.transpose(-1, -2))  # [B, nkv, g, end]
             p = torch.add(neg, s, alpha=L.scale).softmax(-1)
             o = torch.matmul(p, values).view(b, nh * hd)  # [B, nkv, g, hd] -> [B, nh·hd]
-            h = _residual_linear(h, o, L.o, L.ob)
-            x = _rms_norm(h, L.ln2, L.eps2)
-            act = F.silu(F.linear(x, L.gate, L.gb)).mul_(F.linear(x, L.up, L.ub))
-            h = _residual_linear(h, act, L.down, L.db)
+            if self.fused is not None:
+                Fu = self.fused[i]
+                h = torch.addmm(h, o, Fu.o) if L.ob is None else h + _mm(o, Fu.o, L.ob)
+                gu = _mm(_rms_norm(h, L.ln2, L.eps2), Fu.gate_up, Fu.gate_up_b)
+                act = F.silu(gu[:, : Fu.inter]).mul_(gu[:, Fu.inter :])
+                h = torch.addmm(h, act, Fu.down) if L.db is None else h + _mm(act, Fu.down, L.db)
+            else:
+                h = _residual_linear(h, o, L.o, L.ob)
+                x = _rms_norm(h, L.ln2, L.eps2)
+                act = F.silu(F.linear(x, L.gate, L.gb)).mul_(F.linear(x, L.up, L.ub))
+                h = _residual_linear(h, act, L.down, L.db)
         self.len = end
         logits: torch.Tensor = F.linear(_rms_norm(h, self.norm, self.norm_eps), self.lm_head,
                                         self.lm_bias)  # fmt: skip
