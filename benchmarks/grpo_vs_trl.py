@@ -2,9 +2,9 @@
 
 Config (both): 8 prompts x 8 completions per step, 32 new tokens, β = 0, lr 1e-4, one optimizer
 step per generation batch, fp32, CPU, same seed. Each trainer runs in its own subprocess so its
-peak resident memory (ru_maxrss) is its own. Prints the median step time of each (the first
-`--warmup` steps are dropped), their peak memory and mean reward, and, last,
-``ratio verirl/trl: X``.
+peak resident memory (ru_maxrss) is its own; the two alternate `--rounds` times. Prints each
+round's ratio, the median step time of each over all rounds (the first `--warmup` steps of a
+run are dropped), their peak memory and mean reward, and, last, ``ratio verirl/trl: X``.
 
 The policy (`--init`):
 
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 PROMPTS, GROUP, NEW_TOKENS, LR, SEED = 8, 8, 32, 1e-4, 0
-ENV = {"name": "arithmetic", "options": {"train_size": 512}}
+ENV: dict[str, Any] = {"name": "arithmetic", "options": {"train_size": 512}}
 
 
 def worked_answers(path: Path, p_correct: float = 0.4, seed: int = SEED) -> Path:
@@ -115,7 +115,7 @@ def run_trl(model_dir: str, steps: int, out: Path, threads: int) -> tuple[list[f
     rows = list(env.rows("train"))
     data = Dataset.from_list([{"prompt": env.prompt(r), "answer": r["answer"]} for r in rows])
 
-    def reward(completions: list[str], answer: list[str], **_: Any) -> list[float]:
+    def reward(completions: list[str], answer: list[str], **_: Any) -> list[float | None]:
         return [
             env.score(c, {"answer": a}).reward for c, a in zip(completions, answer, strict=True)
         ]
@@ -196,7 +196,8 @@ def measure(which: str, model_dir: str, steps: int, out: Path, threads: int) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--steps", type=int, default=12, help="GRPO steps per run")
+    p.add_argument("--rounds", type=int, default=3, help="runs of each, alternating")
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the median")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads for both")
     p.add_argument("--model", help="model dir (default: build the tiny default model)")
@@ -224,12 +225,25 @@ def main() -> None:
                 t0 = time.perf_counter()
                 model_dir = str(warm_start(Path(model_dir), out, a.sft_steps, a.threads))
                 print(f"warm start: {a.sft_steps} SFT steps in {time.perf_counter() - t0:.0f} s")
-        res = {w: measure(w, model_dir, a.steps, out, a.threads) for w in ("trl", "verirl")}
-    med = {w: statistics.median(r["times"][a.warmup :]) for w, r in res.items()}
+        # Alternate the two, `rounds` times: a machine that speeds up or slows down during the
+        # run (shared CPUs do) then weighs on both alike.
+        res: dict[str, list[dict[str, Any]]] = {"trl": [], "verirl": []}
+        for r in range(a.rounds):
+            for w in ("trl", "verirl"):
+                res[w].append(measure(w, model_dir, a.steps, out / f"round-{r}", a.threads))
+    times = {w: [t for x in rs for t in x["times"][a.warmup :]] for w, rs in res.items()}
+    med = {w: statistics.median(ts) for w, ts in times.items()}
+    if a.rounds > 1:
+        per_round = [
+            statistics.median(v["times"][a.warmup :]) / statistics.median(t["times"][a.warmup :])
+            for t, v in zip(res["trl"], res["verirl"], strict=True)
+        ]
+        print("per round verirl/trl: " + " ".join(f"{x:.3f}" for x in per_round))
     for w in ("trl", "verirl"):
-        print(f"{w:>7}: median step {med[w]:.3f} s over {len(res[w]['times']) - a.warmup} steps, "
-              f"peak RSS {res[w]['peak_mib']:.0f} MiB, "
-              f"mean reward {statistics.fmean(res[w]['rewards'] or [float('nan')]):.3f}")  # fmt: skip
+        peak = max(x["peak_mib"] for x in res[w])
+        rewards = [y for x in res[w] for y in x["rewards"]] or [float("nan")]
+        print(f"{w:>7}: median step {med[w]:.3f} s over {len(times[w])} steps, "
+              f"peak RSS {peak:.0f} MiB, mean reward {statistics.fmean(rewards):.3f}")  # fmt: skip
     print(f"ratio verirl/trl: {med['verirl'] / med['trl']:.3f}")
 
 
