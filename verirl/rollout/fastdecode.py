@@ -142,6 +142,17 @@ class FastDecoder:
                 self.fused = [_Fused(L) for L in self.layers]
             except _Unfusable:
                 self.fused = None
+        # The fused float32 step's per-layer operands as flat tuples: a decode step of a
+        # small model is mostly Python dispatch, so its loop reads locals only.
+        self.plan: list[tuple[Any, ...]] | None = None
+        if self.fused is not None and all(
+            t.dtype == torch.float32 for t in (self.embed, self.norm, self.layers[0].ln1)
+        ):
+            self.plan = [
+                (L.ln1, L.eps1, Fu.qkv, Fu.qkv_b, k, v, L.scale, Fu.o, L.ob, L.ln2, L.eps2,
+                 Fu.gate_up, Fu.gate_up_b, Fu.inter, Fu.down, L.db)
+                for L, Fu, k, v in zip(self.layers, self.fused, self.k, self.v, strict=True)
+            ]  # fmt: skip
 
     @classmethod
     def maybe(cls, model: Any, batch: int, max_len: int) -> FastDecoder | None:
@@ -189,6 +200,8 @@ class FastDecoder:
 
     def step(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Decode: append one token per row (`ids`, `pos`: [B]); logits of it [B, V]."""
+        if self.plan is not None:
+            return self._step_fused(ids, pos, self.plan)
         b = ids.shape[0]
         end = self.len + 1
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
@@ -229,6 +242,55 @@ class FastDecoder:
                 h = _residual_linear(h, act, L.down, L.db)
         self.len = end
         logits: torch.Tensor = F.linear(_rms_norm(h, self.norm, self.norm_eps), self.lm_head,
+                                        self.lm_bias)  # fmt: skip
+        return logits
+
+    def _step_fused(self, ids: torch.Tensor, pos: torch.Tensor, plan: list[Any]) -> torch.Tensor:
+        """``step`` for float32 models with fused weights: the same operations as the general
+        path, written as direct tensor calls on locals."""
+        b, end = ids.shape[0], self.len + 1
+        hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
+        g, half, width = nh // nkv, hd // 2, [self.embed.shape[1]]
+        mm, addmm, rms = torch.mm, torch.addmm, torch.rms_norm
+        h = torch.embedding(self.embed, ids)  # [B, H]
+        cos = self.cos.index_select(0, pos).unsqueeze(1)  # [B, 1, hd]
+        sin_rot = self.sin_rot.index_select(0, pos).unsqueeze(1)
+        neg = self.neg.narrow(1, 0, end).view(b, 1, 1, end)
+        for (
+            ln1,
+            eps1,
+            qkv_w,
+            qkv_b,
+            kc,
+            vc,
+            scale,
+            o_w,
+            ob,
+            ln2,
+            eps2,
+            gu_w,
+            gu_b,
+            inter,
+            d_w,
+            db,
+        ) in plan:
+            x = rms(h, width, ln1, eps1)
+            qkv = (mm(x, qkv_w) if qkv_b is None else addmm(qkv_b, x, qkv_w)).view(b, -1, hd)
+            qk = qkv.narrow(1, 0, nh + nkv)
+            qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin_rot)  # RoPE on q and k heads
+            kc.select(2, end - 1).copy_(qk.narrow(1, nh, nkv))
+            vc.select(2, end - 1).copy_(qkv.narrow(1, nh + nkv, nkv))
+            s = torch.matmul(qk.narrow(1, 0, nh).reshape(b, nkv, g, hd),
+                             kc.narrow(2, 0, end).transpose(-1, -2))  # fmt: skip
+            p = torch.add(neg, s, alpha=scale).softmax(-1)
+            o = torch.matmul(p, vc.narrow(2, 0, end)).view(b, nh * hd)
+            h = addmm(h, o, o_w) if ob is None else h + addmm(ob, o, o_w)
+            x = rms(h, width, ln2, eps2)
+            gu = mm(x, gu_w) if gu_b is None else addmm(gu_b, x, gu_w)
+            act = torch.nn.functional.silu(gu.narrow(1, 0, inter)).mul_(gu.narrow(1, inter, inter))
+            h = addmm(h, act, d_w) if db is None else h + addmm(db, act, d_w)
+        self.len = end
+        logits: torch.Tensor = F.linear(rms(h, width, self.norm, self.norm_eps), self.lm_head,
                                         self.lm_bias)  # fmt: skip
         return logits
 
