@@ -12,11 +12,14 @@ RMSNorm and embedding weights, its rotary frequencies), with no ``nn.Module`` ca
 - prefill: each distinct prompt once (its n samples share its keys and values), one
   ``scaled_dot_product_attention`` per layer with a causal + padding mask;
   decode (one query per row): softmax(q·Kᵀ·s + mask)·V as two batched matmuls over the valid
-  prefix, grouped-query heads sharing their K/V without copying them.
+  prefix, grouped-query heads sharing their K/V without copying them;
+- models up to ``FUSE_MAX_PARAMS``: q|k|v and gate|up as one matmul each on transposed weight
+  copies, and in float32 a step loop over flat per-layer operands (``_step_fused``).
 
 ``train_forward`` is the same computation over whole right-padded sequences with autograd
 (RMSNorm with a closed-form backward, explicit short-sequence attention on CPU), for the
-trainer's ``forward_logits``.
+trainer's ``forward_logits``; ``train_forward_shared`` runs a prompt shared by several rows (a
+GRPO group) once.
 
 Supported: plain (non-peft) ``Qwen2ForCausalLM``/``LlamaForCausalLM`` with full attention
 everywhere, silu MLPs and position-independent RoPE scaling. Anything else returns None from
