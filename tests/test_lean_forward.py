@@ -76,7 +76,7 @@ def test_shared_prompt_forward_matches_transformers(tiny_model_dir, monkeypatch,
     calls = []
     shared = model_mod.train_forward_shared
     monkeypatch.setattr(model_mod, "train_forward_shared",
-                        lambda *a: calls.append(a[-2]) or shared(*a))  # fmt: skip
+                        lambda *a, **k: calls.append(a[-2]) or shared(*a, **k))  # fmt: skip
     lean = _grads_and_outputs(model, batch, weights)
     assert calls == [prompts], "each distinct prompt once"
     assert torch.allclose(lean[0][real], ref[0][real], atol=1e-5)
@@ -87,3 +87,25 @@ def test_shared_prompt_forward_matches_transformers(tiny_model_dir, monkeypatch,
     one_each = batch.slice(torch.tensor([0, 4, 8]))
     lengths = one_each.attention_mask.sum(-1).tolist()
     assert fastdecode.shared_prompt_rows(one_each.input_ids, lengths, [6, 2, 4]) is None
+
+
+@pytest.mark.parametrize("path", ["transformers", "lean", "shared"])
+def test_logits_from_the_first_completion_column(tiny_model_dir, monkeypatch, path):
+    """`start=batch.first_target()` returns the same logits and hidden states as the full
+    forward, without the prompt columns (TRL's logits_to_keep)."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    monkeypatch.setattr(model_mod, "LEAN_TRAIN_FORWARD", path != "transformers")
+    monkeypatch.setattr(model_mod, "SHARE_PROMPTS", path == "shared")
+    prompts = [[5, 6, 7, 8, 9], [11, 12, 13]]
+    rows = [(p, torch.randint(2, 250, (n,)).tolist()) for p in prompts for n in (4, 7, 2)]
+    batch = pack([p for p, _ in rows], [c for _, c in rows], 0, "cpu")
+    first = batch.first_target()
+    assert first == 2 and not batch.mask[:, :first].any() and batch.mask[:, first].any()
+    with torch.no_grad():
+        full_logits, full_hidden = forward_logits(model, batch, hidden=True)
+        logits, hidden = forward_logits(model, batch, hidden=True, start=first)
+    real = batch.attention_mask[:, 1:].bool()[:, first:]
+    assert logits.shape[1] == batch.targets.shape[1] - first == hidden.shape[1]
+    torch.testing.assert_close(logits[real], full_logits[:, first:][real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hidden[real], full_hidden[:, first:][real], atol=1e-5, rtol=1e-5)

@@ -364,13 +364,16 @@ def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     return torch.bmm(s.softmax(-1), v.reshape(b * nkv, t, hd)).view(b, nh, t, hd)
 
 
-def train_forward(model: Any, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits [B, L, V], last hidden state [B, L, H]) of right-padded `input_ids` [B, L],
-    with autograd: the model's own forward (same parameters, same operations up to float
-    rounding) without its per-module Python, mask building and output wrappers, RMSNorm with
-    a closed-form backward and RoPE as one roll. Right padding needs no mask beyond the causal
-    one: a real token never attends to a later (padding) position. `model` must pass
-    ``is_plain``; dropout is not applied (call it only when attention dropout is 0)."""
+def train_forward(
+    model: Any, input_ids: torch.Tensor, start: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [B, L−start, V], last hidden state [B, L−start, H]) of positions start… of the
+    right-padded `input_ids` [B, L], with autograd: the model's own forward (same parameters,
+    same operations up to float rounding) without its per-module Python, mask building and
+    output wrappers, RMSNorm with a closed-form backward and RoPE as one roll. Right padding
+    needs no mask beyond the causal one: a real token never attends to a later (padding)
+    position. `model` must pass ``is_plain``; dropout is not applied (call it only when
+    attention dropout is 0)."""
     inner, cfg = model.model, model.config
     b, t = input_ids.shape
     nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -393,7 +396,7 @@ def train_forward(model: Any, input_ids: torch.Tensor) -> tuple[torch.Tensor, to
         x = _RMSNorm.apply(h, L.ln2, L.eps2)
         h = h + F.linear(F.silu(F.linear(x, L.gate, L.gb)) * F.linear(x, L.up, L.ub),
                          L.down, L.db)  # fmt: skip
-    h = _RMSNorm.apply(h, inner.norm.weight, float(inner.norm.variance_epsilon))
+    h = _RMSNorm.apply(h[:, start:], inner.norm.weight, float(inner.norm.variance_epsilon))
     return F.linear(h, model.lm_head.weight, _bias(model.lm_head)), h
 
 
@@ -422,6 +425,7 @@ def train_forward_shared(
     prompt_lens: list[int],
     prompts: list[list[int]],
     prompt_of: list[int],
+    start: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``train_forward`` for rows that share prompts (GRPO's G completions of one prompt): each
     distinct prompt runs through the layers once, its keys and values serving all its rows.
@@ -434,7 +438,7 @@ def train_forward_shared(
     states, so a prompt's gradient is the sum over its rows: the same values and gradients as
     ``train_forward`` (up to float rounding) for `G·Lp − Lp` fewer positions per group.
     `lengths`/`prompt_lens`: each row's tokens and prompt tokens; `prompts`/`prompt_of` from
-    ``shared_prompt_rows``.
+    ``shared_prompt_rows``; outputs for positions start… only, as ``train_forward``.
     """
     inner, cfg = model.model, model.config
     b, width = input_ids.shape
@@ -504,10 +508,10 @@ def train_forward_shared(
         h = h + F.linear(F.silu(F.linear(x, L.gate, L.gb)) * F.linear(x, L.up, L.ub),
                          L.down, L.db)  # fmt: skip
     h = _RMSNorm.apply(h, inner.norm.weight, float(inner.norm.variance_epsilon))
-    # back to [B, L]: prompt positions from the row's prompt, the rest from its completion
-    t = torch.arange(width, device=dev)[None]
+    # back to [B, L−start]: prompt positions from the row's prompt, the rest from its completion
+    t = torch.arange(start, width, device=dev)[None]
     at = torch.where(t < plen[:, None], of[:, None] * lp + t,
                      n_p + torch.arange(b, device=dev)[:, None] * lc
                      + (t - plen[:, None]).clamp(0, lc - 1))  # fmt: skip
-    h = h[at]  # [B, L, H]
+    h = h[at]  # [B, L−start, H]
     return F.linear(h, model.lm_head.weight, _bias(model.lm_head)), h

@@ -152,6 +152,13 @@ class Batch:
     mask: torch.Tensor  # [B, L-1], 1 where the target is a completion token
     prompt_lens: torch.Tensor | None = None  # [B] tokens of each row's prompt (None: unknown)
 
+    def first_target(self) -> int:
+        """The first column of `targets` any row has a completion token in (0 when the prompt
+        lengths are unknown): columns left of it carry no loss."""
+        if self.prompt_lens is None or not len(self.prompt_lens):
+            return 0
+        return max(int(self.prompt_lens.min()) - 1, 0)
+
     def slice(self, s: slice | torch.Tensor) -> Batch:
         """Rows `s` (a slice, or a tensor of row indices), trimmed of trailing all-pad columns
         so a micro-batch of short sequences computes no waste."""
@@ -187,8 +194,14 @@ LEAN_TRAIN_FORWARD = True
 SHARE_PROMPTS = True
 
 
-def forward_logits(model: Any, batch: Batch, hidden: bool = False) -> tuple[torch.Tensor, Any]:
-    """Logits at the positions that predict `batch.targets` [B, L-1, V] (and last hidden).
+def forward_logits(
+    model: Any, batch: Batch, hidden: bool = False, start: int = 0
+) -> tuple[torch.Tensor, Any]:
+    """Logits at the positions that predict `batch.targets[:, start:]` [B, L−1−start, V] (and
+    the last hidden state there). ``start = batch.first_target()`` leaves out the prompt
+    columns no row has a completion token in: the LM head and log-softmax then skip them, as
+    TRL's ``logits_to_keep`` does (most of the head's work when prompts are long and the
+    vocabulary is large).
 
     With ``LEAN_TRAIN_FORWARD``, a plain Qwen2/Llama model runs ``train_forward`` (the same
     computation without transformers' per-module overhead; ~15% less forward+backward time on
@@ -196,26 +209,29 @@ def forward_logits(model: Any, batch: Batch, hidden: bool = False) -> tuple[torc
     the layers once); wrapped (DDP, FSDP, peft), checkpointed or dropout-using models, and
     other architectures, run their own forward."""
     if LEAN_TRAIN_FORWARD and _lean_ok(model, batch):
-        logits, last = _lean_forward(model, batch)
+        logits, last = _lean_forward(model, batch, start)
         return logits[:, :-1], (last[:, :-1] if hidden else None)
+    keep = {"logits_to_keep": batch.input_ids.shape[1] - start} if start else {}
     out = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         output_hidden_states=hidden,
         use_cache=False,
+        **keep,
     )
-    h = out.hidden_states[-1][:, :-1] if hidden else None
+    h = out.hidden_states[-1][:, start:-1] if hidden else None
     return out.logits[:, :-1], h
 
 
-def _lean_forward(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def _lean_forward(model: Any, batch: Batch, start: int) -> tuple[torch.Tensor, torch.Tensor]:
     if SHARE_PROMPTS and batch.prompt_lens is not None:
         lengths = batch.attention_mask.sum(-1).tolist()
         prompt_lens = batch.prompt_lens.tolist()
         plan = shared_prompt_rows(batch.input_ids, lengths, prompt_lens)
         if plan is not None:
-            return train_forward_shared(model, batch.input_ids, lengths, prompt_lens, *plan)
-    return train_forward(model, batch.input_ids)
+            return train_forward_shared(model, batch.input_ids, lengths, prompt_lens, *plan,
+                                        start=start)  # fmt: skip
+    return train_forward(model, batch.input_ids, start)
 
 
 def _lean_ok(model: Any, batch: Batch) -> bool:

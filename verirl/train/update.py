@@ -132,12 +132,13 @@ def sequence_logprobs(
     width = batch.targets.shape[1]
     for s in range(0, batch.targets.shape[0], micro):
         mb = batch.slice(slice(s, s + micro))
-        logits, h = forward_logits(model, mb, hidden=value_head is not None)
-        lp = token_logprobs(logits, mb.targets)
-        logps.append(torch.nn.functional.pad(lp, (0, width - lp.shape[1])))
+        first = mb.first_target()  # prompt columns left of it: 0, never read (masked)
+        logits, h = forward_logits(model, mb, hidden=value_head is not None, start=first)
+        lp = token_logprobs(logits, mb.targets[:, first:])
+        logps.append(torch.nn.functional.pad(lp, (first, width - first - lp.shape[1])))
         if value_head is not None:
             v = value_head(h)
-            values.append(torch.nn.functional.pad(v, (0, width - v.shape[1])))
+            values.append(torch.nn.functional.pad(v, (first, width - first - v.shape[1])))
     return torch.cat(logps), (torch.cat(values) if values else None)
 
 
@@ -171,8 +172,8 @@ def ppo_advantage(
     ro.adv, ro.returns = whiten(adv, mask), ret
 
 
-def _rows(t: torch.Tensor | None, idx: torch.Tensor, width: int) -> torch.Tensor | None:
-    return None if t is None else t[idx, :width]
+def _rows(t: torch.Tensor | None, idx: torch.Tensor, cols: slice) -> torch.Tensor | None:
+    return None if t is None else t[idx, cols]
 
 
 def rows_to_train(ro: Rollout, algo: AlgoSection, value_head: Any) -> torch.Tensor:
@@ -273,21 +274,23 @@ def _micro_step(
     """Forward and backward of the micro-batch of rows `idx`; adds its metrics into `acc`."""
     assert ro.adv is not None
     mb = ro.batch.slice(idx)
-    w = mb.targets.shape[1]
-    logits, h = forward_logits(model, mb, hidden=value_head is not None)
-    logp, ent = token_logprobs_and_entropy(logits, mb.targets)  # [b, w] each, one pass
-    old = _rows(ro.old_logp, idx, w)
+    # columns first…w: from the first completion token of any row to the longest row's end
+    first, w = mb.first_target(), mb.targets.shape[1]
+    cols = slice(first, w)
+    logits, h = forward_logits(model, mb, hidden=value_head is not None, start=first)
+    logp, ent = token_logprobs_and_entropy(logits, mb.targets[:, cols])  # one pass each
+    old = _rows(ro.old_logp, idx, cols)
     old = logp.detach() if old is None else old  # epochs = 1: ratio is 1, one forward
-    adv = ro.adv[idx, :w]
-    m = mb.mask
+    adv = ro.adv[idx, cols]
+    m = mb.mask[:, cols]
     pg, clipped = clipped_policy_loss(logp, old, adv, m, algo.clip_low, algo.clip_high)
     if algo.tis_cap is not None and ro.rollout_logp is not None:
-        tis = truncated_is_weights(old.detach(), ro.rollout_logp[idx, :w], algo.tis_cap)
+        tis = truncated_is_weights(old.detach(), ro.rollout_logp[idx, cols], algo.tis_cap)
         pg = pg * tis
         acc["tis_weight"] = acc.get("tis_weight", 0.0) + float((tis * m).sum())
     per_tok = pg
     if ro.ref_logp is not None:
-        kl = kl_penalty(logp, ro.ref_logp[idx, :w], algo.kl_estimator)
+        kl = kl_penalty(logp, ro.ref_logp[idx, cols], algo.kl_estimator)
         acc["kl"] = acc.get("kl", 0.0) + float((kl.detach() * m).sum()) / n_tok
         if algo.name == "grpo" or algo.kl_in == "loss":
             per_tok = per_tok + algo.beta * kl
@@ -296,7 +299,7 @@ def _micro_step(
     if value_head is not None:
         assert ro.old_values is not None and ro.returns is not None
         v = value_head(h)
-        vloss = value_loss(v, ro.old_values[idx, :w], ro.returns[idx, :w], m, algo.value_clip,
+        vloss = value_loss(v, ro.old_values[idx, cols], ro.returns[idx, cols], m, algo.value_clip,
                            num_tokens=n_tok)  # fmt: skip
         loss = loss + algo.vf_coef * vloss
         acc["value_loss"] = acc.get("value_loss", 0.0) + float(vloss.detach())
