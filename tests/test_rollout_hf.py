@@ -18,7 +18,7 @@ def _decoder(cls, *args, made, weights):
     return d
 
 
-@pytest.mark.parametrize("weights", ["plan", "fused", "separate"])
+@pytest.mark.parametrize("weights", ["plan", "plan-python", "fused", "separate"])
 def test_generate_shapes_logprobs_and_seed(tiny_model_dir, monkeypatch, weights):
     from functools import partial
 
@@ -26,6 +26,8 @@ def test_generate_shapes_logprobs_and_seed(tiny_model_dir, monkeypatch, weights)
 
     if weights == "separate":  # the path of models above FUSE_MAX_PARAMS
         monkeypatch.setattr(fastdecode, "FUSE_MAX_PARAMS", 0)
+    # float32 fused decoding runs _decode_step through TorchScript, or as plain Python
+    monkeypatch.setattr(fastdecode, "SCRIPT_DECODE", weights != "plan-python")
     made = []
     maker = partial(_decoder, made=made, weights=weights)
     monkeypatch.setattr(fastdecode.FastDecoder, "maybe", classmethod(maker))
@@ -52,7 +54,7 @@ def test_generate_shapes_logprobs_and_seed(tiny_model_dir, monkeypatch, weights)
         ref = ref.gather(-1, ids[0, len(c.prompt_token_ids) :, None]).squeeze(-1)
         assert torch.allclose(ref, torch.tensor(c.logprobs), atol=1e-4)
     assert made and all((d.fused is None) == (weights == "separate") for d in made)
-    assert all((d.plan is not None) == (weights == "plan") for d in made)
+    assert all((d.plan is not None) == weights.startswith("plan") for d in made)
     again = engine.generate(["1+1=", "12+30="], n=3, sampling=sp)
     assert [[x.token_ids for x in g] for g in again] == [[x.token_ids for x in g] for g in out]
     model.train()  # generate evaluates in eval mode and restores the caller's mode
@@ -69,3 +71,23 @@ def test_draw_follows_the_distribution_and_never_picks_probability_zero():
     assert freq[1] == 0 and freq[4] == 0
     assert torch.allclose(freq, probs, atol=0.01)  # 5 sigma at n = 40k
     assert _draw(torch.tensor([[0.0, 0.0, 1.0]])).tolist() == [2]
+
+
+def test_scripted_decode_step_equals_the_python_one(tiny_model_dir):
+    from verirl.rollout import fastdecode
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    scripted = fastdecode._decode_fn()
+    assert isinstance(scripted, torch.jit.ScriptFunction)  # TorchScript works here
+    with torch.inference_mode():
+        out = []
+        for fn in (scripted, fastdecode._decode_step):
+            dec = fastdecode.FastDecoder(model, 4, 16)
+            ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+            dec.prefill(ids, torch.ones_like(ids, dtype=torch.bool), torch.arange(3).expand(2, 3),
+                        torch.tensor([0, 0, 1, 1]))  # fmt: skip
+            assert dec.plan is not None
+            logits = [fn(torch.tensor([11, 12, 13, 14]), torch.full((4,), 3), 4, *dec.plan)]
+            logits.append(fn(torch.tensor([15, 16, 17, 18]), torch.full((4,), 4), 5, *dec.plan))
+            out.append(torch.stack(logits))
+    torch.testing.assert_close(out[0], out[1], atol=1e-6, rtol=1e-6)
