@@ -21,25 +21,32 @@ def _grads_and_outputs(model, batch, weights):
     return logits.detach(), hidden.detach(), grads
 
 
-def test_lean_forward_matches_transformers(tiny_model_dir, monkeypatch):
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
-    assert is_plain(model)
-    batch = pack([[5, 6, 7], [8, 9], [10]], [[11, 12, 13, 1], [14, 1], [15, 16]], 0, "cpu")
+def _matches_transformers(model, batch, monkeypatch, spy: str) -> list:
+    """Run `batch` through transformers' forward and through the lean path, assert the same
+    logits, hidden states and gradients; returns the positional args of each call of
+    ``verirl.train.model.<spy>`` (the lean function that should have run)."""
     real = batch.attention_mask[:, :-1].bool()  # positions predicting a real next token
     weights = torch.rand(*batch.targets.shape, model.config.vocab_size) * real[..., None]
     monkeypatch.setattr(model_mod, "LEAN_TRAIN_FORWARD", False)
     ref = _grads_and_outputs(model, batch, weights)
     monkeypatch.setattr(model_mod, "LEAN_TRAIN_FORWARD", True)
     calls = []
-    real_forward = model_mod.train_forward
-    monkeypatch.setattr(model_mod, "train_forward", lambda *a: calls.append(1) or real_forward(*a))
+    fn = getattr(model_mod, spy)
+    monkeypatch.setattr(model_mod, spy, lambda *a, **k: calls.append(a) or fn(*a, **k))
     lean = _grads_and_outputs(model, batch, weights)
-    assert calls, "the lean path was not taken"
     assert torch.allclose(lean[0][real], ref[0][real], atol=1e-5)
     assert torch.allclose(lean[1][real], ref[1][real], atol=1e-5)
     for name, g in ref[2].items():  # float32 rounding, relative to the gradient's scale
         assert (lean[2][name] - g).abs().max() <= 1e-5 * g.abs().max(), name
+    return calls
+
+
+def test_lean_forward_matches_transformers(tiny_model_dir, monkeypatch):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
+    assert is_plain(model)
+    batch = pack([[5, 6, 7], [8, 9], [10]], [[11, 12, 13, 1], [14, 1], [15, 16]], 0, "cpu")
+    assert _matches_transformers(model, batch, monkeypatch, "train_forward"), "lean path taken"
 
 
 def test_lean_forward_falls_back_on_left_padding(tiny_model_dir, monkeypatch):
@@ -68,21 +75,8 @@ def test_shared_prompt_forward_matches_transformers(tiny_model_dir, monkeypatch,
     prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
     rows = [(p, torch.randint(2, 250, (n,)).tolist()) for p in prompts for n in (9, 1, 12, 7)]
     batch = pack([p for p, _ in rows], [c for _, c in rows], 0, "cpu")
-    real = batch.attention_mask[:, :-1].bool()
-    weights = torch.rand(*batch.targets.shape, model.config.vocab_size) * real[..., None]
-    monkeypatch.setattr(model_mod, "LEAN_TRAIN_FORWARD", False)
-    ref = _grads_and_outputs(model, batch, weights)
-    monkeypatch.setattr(model_mod, "LEAN_TRAIN_FORWARD", True)
-    calls = []
-    shared = model_mod.train_forward_shared
-    monkeypatch.setattr(model_mod, "train_forward_shared",
-                        lambda *a, **k: calls.append(a[-2]) or shared(*a, **k))  # fmt: skip
-    lean = _grads_and_outputs(model, batch, weights)
-    assert calls == [prompts], "each distinct prompt once"
-    assert torch.allclose(lean[0][real], ref[0][real], atol=1e-5)
-    assert torch.allclose(lean[1][real], ref[1][real], atol=1e-5)
-    for name, g in ref[2].items():
-        assert (lean[2][name] - g).abs().max() <= 1e-5 * g.abs().max(), name
+    calls = _matches_transformers(model, batch, monkeypatch, "train_forward_shared")
+    assert [c[-2] for c in calls] == [prompts], "each distinct prompt once"
     # distinct prompts (SFT) save nothing: the plain lean forward runs
     one_each = batch.slice(torch.tensor([0, 4, 8]))
     lengths = one_each.attention_mask.sum(-1).tolist()
