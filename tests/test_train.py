@@ -216,3 +216,16 @@ def test_rows_to_train_keeps_every_row_with_a_kl_or_value_term():
     assert rows_to_train(ro, grpo, None).tolist() == [0, 1, 3]
     ppo = AlgoSection(name="ppo", batch_size=4, group_size=1, kl_in="reward")
     assert rows_to_train(ro, ppo, object()).tolist() == [0, 1, 3]  # the critic's loss
+
+
+def test_bfloat16_grpo_steps_and_moves_the_weights(tiny_model_dir, tmp_path):
+    # bf16 weights and autocast on CPU: the shared-prompt forward, the general (not float32)
+    # decode loop on fused weights, and the optimizer all run in bf16.
+    run_dir = run(tiny_model_dir, tmp_path, model={"dtype": "bfloat16"},
+                  train={"steps": 2, "lr": 1e-2})  # fmt: skip
+    rows = read_metrics(run_dir)
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(run_dir / "final").state_dict()
+    assert after["model.norm.weight"].dtype == torch.bfloat16
+    assert sum(not torch.equal(before[k].bfloat16(), after[k]) for k in before) > len(before) // 2
