@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from verirl.rollout.base import Completion, RolloutEngine, SamplingParams
-from verirl.rollout.fastdecode import FastDecoder
+from verirl.rollout.fastdecode import FastDecoder, is_plain
 
 
 class HFRolloutEngine(RolloutEngine):
@@ -60,7 +60,10 @@ class HFRolloutEngine(RolloutEngine):
         step = self.batch_size or len(flat)
         out: list[list[Completion]] = [[] for _ in prompts]
         was_training = self.model.training
-        self.model.eval()
+        # The lean decoder applies no dropout whatever the mode; the model's own forward
+        # (``generate``, unsupported architectures) must run in eval mode.
+        if sampling.stop or not is_plain(self.model):
+            self.model.eval()
         try:
             for start in range(0, len(flat), step):
                 chunk = flat[start : start + step]
@@ -123,13 +126,13 @@ class HFRolloutEngine(RolloutEngine):
             nxt_pos = nxt_pos + 1
         tok_mat = toks[:, :steps].tolist()
         lp_mat = lps[:, :steps].tolist()
+        ends = [(row.index(eos) + 1, "stop") if eos in row else (len(row), "length")
+                for row in tok_mat]  # fmt: skip
+        bodies = [row[: n - (f == "stop")] for row, (n, f) in zip(tok_mat, ends, strict=True)]
+        texts = tok.batch_decode(bodies, skip_special_tokens=False)  # without the EOS
         results = []
-        for b, row in enumerate(tok_mat):
-            length, finish = len(row), "length"
-            if eos in row:
-                length, finish = row.index(eos) + 1, "stop"
+        for b, (row, (length, finish), text) in enumerate(zip(tok_mat, ends, texts, strict=True)):
             body = row[:length]
-            text = tok.decode(body[:-1] if finish == "stop" else body, skip_special_tokens=False)
             results.append(
                 Completion(
                     prompt_index=b,
