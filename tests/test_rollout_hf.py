@@ -10,27 +10,18 @@ from verirl.rollout.base import SamplingParams
 from verirl.rollout.hf import HFRolloutEngine, _draw
 
 
-def _decoder(cls, *args, made, weights):
-    d = cls(*args)
-    if weights == "fused":  # the general loop on fused weights (e.g. bf16 models)
-        d.plan = None
-    made.append(d)
-    return d
-
-
-@pytest.mark.parametrize("weights", ["plan", "plan-python", "fused", "separate"])
+@pytest.mark.parametrize("weights", ["fused", "fused-python", "separate"])
 def test_generate_shapes_logprobs_and_seed(tiny_model_dir, monkeypatch, weights):
-    from functools import partial
-
     from verirl.rollout import fastdecode
 
     if weights == "separate":  # the path of models above FUSE_MAX_PARAMS
         monkeypatch.setattr(fastdecode, "FUSE_MAX_PARAMS", 0)
-    # float32 fused decoding runs _decode_step through TorchScript, or as plain Python
-    monkeypatch.setattr(fastdecode, "SCRIPT_DECODE", weights != "plan-python")
+    # fused decoding runs _decode_step through TorchScript, or as plain Python
+    monkeypatch.setattr(fastdecode, "SCRIPT_DECODE", weights != "fused-python")
     made = []
-    maker = partial(_decoder, made=made, weights=weights)
-    monkeypatch.setattr(fastdecode.FastDecoder, "maybe", classmethod(maker))
+    maker = fastdecode.FastDecoder.maybe.__func__
+    monkeypatch.setattr(fastdecode.FastDecoder, "maybe",
+                        classmethod(lambda cls, *a: made.append(maker(cls, *a)) or made[-1]))  # fmt: skip
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     engine = HFRolloutEngine(model, tok)
@@ -53,8 +44,7 @@ def test_generate_shapes_logprobs_and_seed(tiny_model_dir, monkeypatch, weights)
         ref = torch.log_softmax(logits.float(), -1)
         ref = ref.gather(-1, ids[0, len(c.prompt_token_ids) :, None]).squeeze(-1)
         assert torch.allclose(ref, torch.tensor(c.logprobs), atol=1e-4)
-    assert made and all((d.fused is None) == (weights == "separate") for d in made)
-    assert all((d.plan is not None) == weights.startswith("plan") for d in made)
+    assert made and all((d.plan is None) == (weights == "separate") for d in made)
     again = engine.generate(["1+1=", "12+30="], n=3, sampling=sp)
     assert [[x.token_ids for x in g] for g in again] == [[x.token_ids for x in g] for g in out]
     model.train()  # generate evaluates in eval mode and restores the caller's mode

@@ -14,7 +14,7 @@ RMSNorm and embedding weights, its rotary frequencies), with no ``nn.Module`` ca
   decode (one query per row): softmax(q·Kᵀ·s + mask)·V as two batched matmuls over the valid
   prefix, grouped-query heads sharing their K/V without copying them;
 - models up to ``FUSE_MAX_PARAMS``: q|k|v and gate|up as one matmul each on transposed weight
-  copies, and in float32 a step loop over flat per-layer operands (``_step_fused``).
+  copies, the step as one function (``_decode_step``) run through TorchScript.
 
 ``train_forward`` is the same computation over whole right-padded sequences with autograd
 (RMSNorm with a closed-form backward, explicit short-sequence attention on CPU), for the
@@ -84,11 +84,6 @@ def _cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
     return None if any(t is None for t in parts) else torch.cat(parts)  # type: ignore[arg-type]
 
 
-def _mm(x: torch.Tensor, w_t: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """x·w_t (+ b) for a transposed weight w_t [in, out]."""
-    return torch.mm(x, w_t) if b is None else torch.addmm(b, x, w_t)
-
-
 class _Fused:
     """A layer's decode weights as contiguous [in, out] copies: q|k|v and gate|up side by side
     (biases likewise; a bias on one part but not another keeps the parts unfused)."""
@@ -139,28 +134,25 @@ class FastDecoder:
         # Decode steps are small matmuls; one [H, (nh+2·nkv)·hd] product for q, k, v and one
         # [H, 2·I] for gate and up, with transposed contiguous weights, take ~6% less time
         # per step than seven separate ones. The copies cost the linear weights' memory
-        # once more, so only models up to FUSE_MAX_PARAMS get them.
-        self.fused: list[_Fused] | None = None
+        # once more, so only models up to FUSE_MAX_PARAMS get them; their step is
+        # ``_decode_step`` on these operands (``plan``), built once per decoder.
+        self.plan: tuple[Any, ...] | None = None
         if sum(t.numel() for t in model.parameters()) <= FUSE_MAX_PARAMS:
             try:
-                self.fused = [_Fused(L) for L in self.layers]
+                fused = [_Fused(L) for L in self.layers]
             except _Unfusable:
-                self.fused = None
-        # The fused float32 step's operands for ``_decode_step``, built once per decoder.
-        self.plan: tuple[Any, ...] | None = None
-        if self.fused is not None and all(
-            t.dtype == torch.float32 for t in (self.embed, self.norm, self.layers[0].ln1)
-        ):
+                fused = []
             weights: list[torch.Tensor] = []
             biases: list[torch.Tensor | None] = []
-            for L, Fu in zip(self.layers, self.fused, strict=True):
+            for L, Fu in zip(self.layers, fused, strict=False):
                 weights += [L.ln1, Fu.qkv, Fu.o, L.ln2, Fu.gate_up, Fu.down]
                 biases += [Fu.qkv_b, L.ob, Fu.gate_up_b, L.db]
-            self.plan = (self.embed, self.cos, self.sin_rot, self.neg, self.k, self.v, weights,
-                         biases, [e for L in self.layers for e in (L.eps1, L.eps2)],
-                         [L.scale for L in self.layers], self.norm, self.norm_eps, self.lm_head,
-                         self.lm_bias, self.n_heads, self.n_kv, self.head_dim,
-                         self.fused[0].inter)  # fmt: skip
+            if fused:
+                self.plan = (self.embed, self.cos, self.sin_rot, self.neg, self.k, self.v,
+                             weights, biases, [e for L in self.layers for e in (L.eps1, L.eps2)],
+                             [L.scale for L in self.layers], self.norm, self.norm_eps,
+                             self.lm_head, self.lm_bias, self.n_heads, self.n_kv, self.head_dim,
+                             fused[0].inter)  # fmt: skip
 
     @classmethod
     def maybe(cls, model: Any, batch: int, max_len: int) -> FastDecoder | None:
@@ -219,35 +211,19 @@ class FastDecoder:
         neg = self.neg[:, None, None, :end]  # [B, 1, 1, end]
         for i, L in enumerate(self.layers):
             x = _rms_norm(h, L.ln1, L.eps1)
-            if self.fused is not None:
-                Fu = self.fused[i]
-                qkv = _mm(x, Fu.qkv, Fu.qkv_b).view(b, nh + 2 * nkv, hd)
-                qk = self._rope(qkv[:, : nh + nkv], cos, sin_rot)  # q and k heads at once
-                q = qk[:, :nh].reshape(b, nkv, g, hd)
-                self.k[i][:, :, end - 1] = qk[:, nh:]
-                self.v[i][:, :, end - 1] = qkv[:, nh + nkv :]
-            else:
-                q = self._rope(F.linear(x, L.q, L.qb).view(b, nh, hd), cos, sin_rot)
-                q = q.view(b, nkv, g, hd)
-                self.k[i][:, :, end - 1] = self._rope(F.linear(x, L.k, L.kb).view(b, nkv, hd),
-                                                      cos, sin_rot)  # fmt: skip
-                self.v[i][:, :, end - 1] = F.linear(x, L.v, L.vb).view(b, nkv, hd)
+            q = self._rope(F.linear(x, L.q, L.qb).view(b, nh, hd), cos, sin_rot)
+            self.k[i][:, :, end - 1] = self._rope(F.linear(x, L.k, L.kb).view(b, nkv, hd),
+                                                  cos, sin_rot)  # fmt: skip
+            self.v[i][:, :, end - 1] = F.linear(x, L.v, L.vb).view(b, nkv, hd)
             keys, values = self.k[i][:, :, :end], self.v[i][:, :, :end]  # [B, nkv, end, hd]
             # query heads kv·g … kv·g+g−1 share K/V head kv (transformers' repeat_kv order)
-            s = torch.matmul(q, keys.transpose(-1, -2))  # [B, nkv, g, end]
+            s = torch.matmul(q.view(b, nkv, g, hd), keys.transpose(-1, -2))  # [B, nkv, g, end]
             p = torch.add(neg, s, alpha=L.scale).softmax(-1)
             o = torch.matmul(p, values).view(b, nh * hd)  # [B, nkv, g, hd] -> [B, nh·hd]
-            if self.fused is not None:
-                Fu = self.fused[i]
-                h = torch.addmm(h, o, Fu.o) if L.ob is None else h + _mm(o, Fu.o, L.ob)
-                gu = _mm(_rms_norm(h, L.ln2, L.eps2), Fu.gate_up, Fu.gate_up_b)
-                act = F.silu(gu[:, : Fu.inter]).mul_(gu[:, Fu.inter :])
-                h = torch.addmm(h, act, Fu.down) if L.db is None else h + _mm(act, Fu.down, L.db)
-            else:
-                h = _residual_linear(h, o, L.o, L.ob)
-                x = _rms_norm(h, L.ln2, L.eps2)
-                act = F.silu(F.linear(x, L.gate, L.gb)).mul_(F.linear(x, L.up, L.ub))
-                h = _residual_linear(h, act, L.down, L.db)
+            h = _residual_linear(h, o, L.o, L.ob)
+            x = _rms_norm(h, L.ln2, L.eps2)
+            act = F.silu(F.linear(x, L.gate, L.gb)).mul_(F.linear(x, L.up, L.ub))
+            h = _residual_linear(h, act, L.down, L.db)
         self.len = end
         logits: torch.Tensor = F.linear(_rms_norm(h, self.norm, self.norm_eps), self.lm_head,
                                         self.lm_bias)  # fmt: skip
@@ -256,8 +232,8 @@ class FastDecoder:
     def _step_fused(
         self, ids: torch.Tensor, pos: torch.Tensor, plan: tuple[Any, ...]
     ) -> torch.Tensor:
-        """``step`` for float32 models with fused weights: ``_decode_step``, TorchScript-compiled
-        when available."""
+        """``step`` for models with fused weights: ``_decode_step``, TorchScript-compiled when
+        available."""
         self.len += 1
         logits: torch.Tensor = _decode_fn()(ids, pos, self.len, *plan)
         return logits
@@ -482,6 +458,13 @@ def train_forward_shared(
     return F.linear(h, model.lm_head.weight, _bias(model.lm_head)), h
 
 
+def _rms(x: torch.Tensor, width: list[int], w: torch.Tensor, eps: float) -> torch.Tensor:
+    """``_rms_norm`` for ``_decode_step`` (TorchScript-compatible)."""
+    if x.dtype == torch.float32 and w.dtype == torch.float32:
+        return torch.rms_norm(x, width, w, eps)
+    return w * torch.rms_norm(x.float(), width, None, eps).to(x.dtype)
+
+
 def _decode_step(
     ids: torch.Tensor,
     pos: torch.Tensor,
@@ -505,7 +488,7 @@ def _decode_step(
     hd: int,
     inter: int,
 ) -> torch.Tensor:
-    """One decode step of ``FastDecoder`` on fused float32 weights (the general ``step``'s
+    """One decode step of ``FastDecoder`` on fused weights (the general ``step``'s
     operations in the same order): append token `ids` [B] at positions `pos` [B] as cache slot
     `end` − 1 and return its logits [B, V]. Per layer, `weights` holds (ln1, qkv [H, ·], o
     [·, H], ln2, gate|up [H, 2I], down [I, H]) and `biases` (qkv, o, gate|up, down) or None.
@@ -525,7 +508,7 @@ def _decode_step(
             biases[4 * i + 2],
             biases[4 * i + 3],
         )
-        x = torch.rms_norm(h, width, weights[6 * i], eps[2 * i])
+        x = _rms(h, width, weights[6 * i], eps[2 * i])
         if qkv_b is None:
             qkv = torch.mm(x, weights[6 * i + 1])
         else:
@@ -544,7 +527,7 @@ def _decode_step(
             h = torch.addmm(h, o, weights[6 * i + 2])
         else:
             h = h + torch.addmm(o_b, o, weights[6 * i + 2])
-        x = torch.rms_norm(h, width, weights[6 * i + 3], eps[2 * i + 1])
+        x = _rms(h, width, weights[6 * i + 3], eps[2 * i + 1])
         if gu_b is None:
             gu = torch.mm(x, weights[6 * i + 4])
         else:
@@ -554,7 +537,7 @@ def _decode_step(
             h = torch.addmm(h, act, weights[6 * i + 5])
         else:
             h = h + torch.addmm(d_b, act, weights[6 * i + 5])
-    return F.linear(torch.rms_norm(h, width, norm, norm_eps), head, head_b)
+    return F.linear(_rms(h, width, norm, norm_eps), head, head_b)
 
 
 # TorchScript for ``_decode_step``: a tiny model's decode step is mostly per-operation Python
