@@ -203,7 +203,7 @@ def pad_rows(rows: torch.Tensor, k: int, total: int) -> torch.Tensor:
     """
     if len(rows) >= k:
         return rows
-    rest = torch.ones(total, dtype=torch.bool)
+    rest = torch.ones(total, dtype=torch.bool, device=rows.device)
     rest[rows] = False
     return torch.cat([rows, rest.nonzero().squeeze(-1)[: k - len(rows)]])
 
@@ -246,7 +246,7 @@ def policy_update(
     n_tok, n_seq = normalizers
     acc: dict[str, float] = dict.fromkeys(("loss", "pg_loss", "clip_frac", "entropy"), 0.0)
     if rows is None:
-        rows = torch.arange(b.targets.shape[0])
+        rows = torch.arange(b.targets.shape[0], device=b.mask.device)
     run_tokens = float(b.mask[rows].sum())
     for s0 in range(0, len(rows), micro):
         with no_sync(s0 + micro < len(rows)):
