@@ -76,7 +76,7 @@ def test_shared_prompt_forward_matches_transformers(tiny_model_dir, monkeypatch,
     rows = [(p, torch.randint(2, 250, (n,)).tolist()) for p in prompts for n in (9, 1, 12, 7)]
     batch = pack([p for p, _ in rows], [c for _, c in rows], 0, "cpu")
     calls = _matches_transformers(model, batch, monkeypatch, "train_forward_shared")
-    assert [c[-2] for c in calls] == [prompts], "each distinct prompt once"
+    assert [c[3] for c in calls] == [prompts], "each distinct prompt once"
     # distinct prompts (SFT) save nothing: the plain lean forward runs
     one_each = batch.slice(torch.tensor([0, 4, 8]))
     lengths = one_each.attention_mask.sum(-1).tolist()

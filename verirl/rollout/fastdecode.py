@@ -142,12 +142,11 @@ class FastDecoder:
                 fused = [_Fused(L) for L in self.layers]
             except _Unfusable:
                 fused = []
-            weights: list[torch.Tensor] = []
-            biases: list[torch.Tensor | None] = []
-            for L, Fu in zip(self.layers, fused, strict=False):
-                weights += [L.ln1, Fu.qkv, Fu.o, L.ln2, Fu.gate_up, Fu.down]
-                biases += [Fu.qkv_b, L.ob, Fu.gate_up_b, L.db]
             if fused:
+                weights = [t for L, Fu in zip(self.layers, fused, strict=True)
+                           for t in (L.ln1, Fu.qkv, Fu.o, L.ln2, Fu.gate_up, Fu.down)]  # fmt: skip
+                biases = [t for L, Fu in zip(self.layers, fused, strict=True)
+                          for t in (Fu.qkv_b, L.ob, Fu.gate_up_b, L.db)]  # fmt: skip
                 self.plan = (self.embed, self.cos, self.sin_rot, self.neg, self.k, self.v,
                              weights, biases, [e for L in self.layers for e in (L.eps1, L.eps2)],
                              [L.scale for L in self.layers], self.norm, self.norm_eps,
@@ -343,29 +342,31 @@ def train_forward(
 
 def shared_prompt_rows(
     input_ids: torch.Tensor, lengths: list[int], prompt_lens: list[int], min_saving: float = 0.1
-) -> tuple[list[list[int]], list[int]] | None:
-    """(distinct prompts, each row's prompt index) when rows share prompts enough to pay:
-    ``train_forward_shared`` then runs `U·Lp + B·Lc` token positions instead of `B·L`; None
-    when no prompt is shared (SFT rows) or that saves less than `min_saving` of them."""
+) -> tuple[list[list[int]], list[int], list[list[int]]] | None:
+    """(distinct prompts, each row's prompt index, each row's completion tokens) when rows
+    share prompts enough to pay: ``train_forward_shared`` then runs `U·Lp + B·Lc` token
+    positions instead of `B·L`; None when no prompt is shared (SFT rows) or that saves less
+    than `min_saving` of them."""
     ids = input_ids.tolist()
     index: dict[tuple[int, ...], int] = {}
     of = [index.setdefault(tuple(ids[b][:p]), len(index)) for b, p in enumerate(prompt_lens)]
     prompts = [list(p) for p in index]
+    completions = [r[p:n] for r, n, p in zip(ids, lengths, prompt_lens, strict=True)]
     b, width = len(ids), input_ids.shape[1]
     lp = max(len(p) for p in prompts)
-    lc = max(n - p for n, p in zip(lengths, prompt_lens, strict=True))
+    lc = max(len(c) for c in completions)
     if len(prompts) == b or lc < 1 or len(prompts) * lp + b * lc > (1 - min_saving) * b * width:
         return None
-    return prompts, of
+    return prompts, of, completions
 
 
 def train_forward_shared(
     model: Any,
     input_ids: torch.Tensor,
-    lengths: list[int],
     prompt_lens: list[int],
     prompts: list[list[int]],
     prompt_of: list[int],
+    completions: list[list[int]],
     start: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``train_forward`` for rows that share prompts (GRPO's G completions of one prompt): each
@@ -378,7 +379,7 @@ def train_forward_shared(
     right-padded [B, L] layout of `input_ids`, a row's prompt positions reading its prompt's
     states, so a prompt's gradient is the sum over its rows: the same values and gradients as
     ``train_forward`` (up to float rounding) for `G·Lp − Lp` fewer positions per group.
-    `lengths`/`prompt_lens`: each row's tokens and prompt tokens; `prompts`/`prompt_of` from
+    `prompt_lens`: each row's prompt tokens; `prompts`/`prompt_of`/`completions` from
     ``shared_prompt_rows``; outputs for positions start… only, as ``train_forward``.
     """
     inner, cfg = model.model, model.config
@@ -388,12 +389,10 @@ def train_forward_shared(
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
     g = nh // nkv
     u, lp = len(prompts), max(len(p) for p in prompts)
-    lc = max(n - p for n, p in zip(lengths, prompt_lens, strict=True))
-    ids = input_ids.tolist()
-    pad = ids[0][0]  # any valid token id: padded positions are never read back
+    lc = max(len(c) for c in completions)
+    pad = prompts[0][0]  # any valid token id: padded positions are never read back
     flat = [t for p in prompts for t in p + [pad] * (lp - len(p))]
-    flat += [t for r, n, p in zip(ids, lengths, prompt_lens, strict=True)
-             for t in r[p:n] + [pad] * (lc - (n - p))]  # fmt: skip
+    flat += [t for c in completions for t in c + [pad] * (lc - len(c))]
     plen = torch.tensor(prompt_lens, device=dev)  # [B]
     of = torch.tensor(prompt_of, device=dev)  # [B]
     pos = torch.cat([torch.arange(lp, device=dev).repeat(u),

@@ -229,8 +229,7 @@ def _lean_forward(model: Any, batch: Batch, start: int) -> tuple[torch.Tensor, t
         prompt_lens = batch.prompt_lens.tolist()
         plan = shared_prompt_rows(batch.input_ids, lengths, prompt_lens)
         if plan is not None:
-            return train_forward_shared(model, batch.input_ids, lengths, prompt_lens, *plan,
-                                        start=start)  # fmt: skip
+            return train_forward_shared(model, batch.input_ids, prompt_lens, *plan, start=start)
     return train_forward(model, batch.input_ids, start)
 
 
