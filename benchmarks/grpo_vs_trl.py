@@ -37,42 +37,32 @@ PROMPTS, GROUP, NEW_TOKENS, LR, SEED = 8, 8, 32, 1e-4, 0
 ENV: dict[str, Any] = {"name": "arithmetic", "options": {"train_size": 512}}
 
 
-def worked_answers(path: Path, p_correct: float = 0.4, seed: int = SEED) -> Path:
-    """SFT rows for the warm start: prompt "a+b=", completion "s. Check: s-b=a, so a+b=s."
-    where s is the sum with probability `p_correct`, else a near miss. The env's reward reads
-    the leading integer; the rest makes completions ~30 tokens long, like the benchmark's
-    32-token budget."""
-    import random
-
-    from verirl.envs.registry import make_env
-
-    from verirl.jsonl import write_jsonl
-
-    rng = random.Random(seed)
-    env = make_env(ENV["name"], **ENV["options"])
-    rows = []
-    for row in env.rows("train"):
-        a, b = (int(x) for x in row["question"].split("+"))
-        s = a + b if rng.random() < p_correct else a + b + rng.choice((-10, -2, -1, 1, 2, 10))
-        rows.append(
-            {"prompt": env.prompt(row), "completion": f"{s}. Check: {s}-{b}={a}, so {a}+{b}={s}."}
-        )
-    write_jsonl(path, rows)
-    return path
+def worked_answer(row: dict[str, Any], s: int) -> str:
+    """The warm start's target for "a+b=" with answer s (right or a near miss):
+    "s. Check: s-b=a, so a+b=s.". The env's reward reads the leading integer; the rest makes
+    completions ~30 tokens long, like the benchmark's 32-token budget."""
+    a, b = row["question"].split("+")
+    return f"{s}. Check: {s}-{b}={a}, so {a}+{b}={s}."
 
 
 def warm_start(model_dir: Path, out: Path, steps: int, threads: int) -> Path:
-    """`verirl sft` of the tiny model on `worked_answers`; returns the trained model dir."""
+    """`verirl sft` of the tiny model on imperfect worked answers (the demo's
+    ``write_sft_data``, 40 % right, with ``worked_answer`` targets); returns the model dir."""
+    from verirl.envs.registry import make_env
+
     from verirl.config import validate_config
+    from verirl.demo import write_sft_data
     from verirl.train.config import SftConfig
     from verirl.train.sft import sft
 
+    data = write_sft_data(make_env(ENV["name"], **ENV["options"]), out / "sft.jsonl",
+                          seed=SEED, completion=worked_answer)  # fmt: skip
     cfg = {
         "name": "sft",
         "run_dir": str(out),
         "model": {"path": str(model_dir)},
         "env": ENV,
-        "data": {"path": str(worked_answers(out / "sft.jsonl"))},
+        "data": {"path": str(data)},
         "train": {"steps": steps, "batch_size": 32, "lr": 1e-3, "schedule": "constant",
                   "seed": SEED, "threads": threads},
         "log": {"progress": False, "tensorboard": False},

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,18 @@ def config_path(name: str) -> Path:
     raise FileNotFoundError(f"demo config {name} not found in {[str(d) for d in CONFIG_DIRS]}")
 
 
-def write_sft_data(env: Any, path: Path, p_correct: float = 0.4, seed: int = 0) -> Path:
+def write_sft_data(
+    env: Any,
+    path: Path,
+    p_correct: float = 0.4,
+    seed: int = 0,
+    completion: Callable[[dict[str, Any], int], str] = lambda row, answer: str(answer),
+) -> Path:
     """Imperfect demonstrations: each train problem's target is right with probability
     `p_correct`, else a near miss (±1, ±2, ±10). The correct answer stays the most likely one,
     so SFT gives a base whose greedy answer is often right but whose samples scatter: the
     situation where RL against a verifier pays (it sharpens toward what the base already has).
+    `completion(row, answer)` writes the target text (default: the answer alone).
     """
     import random
 
@@ -53,7 +60,7 @@ def write_sft_data(env: Any, path: Path, p_correct: float = 0.4, seed: int = 0) 
         answer = int(row["answer"])
         if rng.random() >= p_correct:
             answer += rng.choice((-10, -2, -1, 1, 2, 10))
-        rows.append({"prompt": env.prompt(row), "completion": str(answer)})
+        rows.append({"prompt": env.prompt(row), "completion": completion(row, answer)})
     write_jsonl(path, rows)
     return path
 
