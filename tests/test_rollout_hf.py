@@ -1,4 +1,4 @@
-"""HF rollout engine: shapes, EOS handling, logprobs equal the model's own, seeded sampling."""
+"""HF rollout engine: shapes, end tokens, logprobs equal the model's own, seeded sampling."""
 
 from __future__ import annotations
 
@@ -81,3 +81,24 @@ def test_scripted_decode_step_equals_the_python_one(tiny_model_dir):
             logits.append(fn(torch.tensor([15, 16, 17, 18]), torch.full((4,), 4), 5, *dec.plan))
             out.append(torch.stack(logits))
     torch.testing.assert_close(out[0], out[1], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("stop", [(), ("\n",)], ids=["lean", "generate"])
+def test_generation_config_end_tokens_stop_like_eos(tiny_model_dir, stop):
+    """A generation config listing two end tokens (as Qwen2.5-Instruct's does): the engine
+    stops on either, keeps it as the last token, and leaves it out of the text."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = "1+1="
+    with torch.no_grad():
+        first = int(model(torch.tensor([tok(prompt)["input_ids"]])).logits[0, -1].argmax())
+    assert first != tok.eos_token_id
+    model.generation_config.eos_token_id = [tok.eos_token_id, first]
+    engine = HFRolloutEngine(model, tok)
+    assert engine.end_ids == [tok.eos_token_id, first]
+    greedy = engine.generate([prompt], 1, SamplingParams(8, temperature=0.0, stop=stop))[0][0]
+    assert (greedy.token_ids, greedy.finish_reason, greedy.text) == ([first], "stop", "")
+    sampled = engine.generate([prompt], 16, SamplingParams(8, temperature=1.0, stop=stop, seed=0))
+    for c in sampled[0]:
+        ends = [t for t in c.token_ids if t in engine.end_ids]
+        assert ends == ([c.token_ids[-1]] if c.finish_reason == "stop" and not c.text.endswith("\n") else [])  # fmt: skip

@@ -91,6 +91,50 @@ def test_generate_shapes_seeds_and_logprobs_match_model(engine, fresh):
     assert [[c.token_ids for c in g] for g in other] != [[c.token_ids for c in g] for g in out]
 
 
+@pytest.mark.parametrize("temperature", [0.5, 1.0])
+def test_logprobs_at_the_sampling_temperature_equal_the_trainers(engine, fresh, temperature):
+    """processed_logprobs: log softmax(z / T), what ``sequence_logprobs`` recomputes at T."""
+    from verirl.train.update import rollout_logprobs, sequence_logprobs, to_batch
+
+    model, tok = fresh
+    engine.update_weights(model)
+    sp = SamplingParams(max_new_tokens=10, temperature=temperature, seed=4)
+    groups = engine.generate(PROMPTS, n=4, sampling=sp)
+    batch = to_batch(groups, tok.pad_token_id, "cpu")
+    engine_lp = rollout_logprobs(groups, batch)
+    trainer_lp, _ = sequence_logprobs(model, batch, micro=12, temperature=temperature)
+    assert batch.mask.sum() > 40
+    assert float(((engine_lp - trainer_lp).abs() * batch.mask).max()) <= 1e-3
+    if temperature != 1.0:  # vLLM's raw (untempered) logprobs would be this far off
+        untempered, _ = sequence_logprobs(model, batch, micro=12)
+        assert float(((engine_lp - untempered).abs() * batch.mask).max()) > 0.05
+
+
+def test_end_tokens_come_from_the_generation_config(engine, fresh, tmp_path):
+    """A checkpoint whose generation_config.json lists two end tokens: both are read, and vLLM
+    stops on the second one (passed as stop_token_ids) like on EOS."""
+    from verirl.rollout.base import end_token_ids
+    from verirl.rollout.vllm import _generation_config
+
+    model, tok = fresh
+    engine.update_weights(model)
+    assert engine.end_ids == [tok.eos_token_id]
+    prompt = PROMPTS[0]
+    with torch.no_grad():
+        first = int(model(torch.tensor([tok(prompt)["input_ids"]])).logits[0, -1].argmax())
+    model.generation_config.eos_token_id = [tok.eos_token_id, first]
+    model.generation_config.save_pretrained(tmp_path)
+    assert end_token_ids(tok, _generation_config(tmp_path)) == [tok.eos_token_id, first]
+    saved, engine.end_ids = engine.end_ids, [tok.eos_token_id, first]
+    try:
+        c = engine.generate([prompt], 1, SamplingParams(8, temperature=0.0))[0][0]
+    finally:
+        engine.end_ids = saved
+    assert (c.token_ids, c.finish_reason) == ([first], "stop")
+    h = HFRolloutEngine(model, tok).generate([prompt], 1, SamplingParams(8, temperature=0.0))
+    assert h[0][0].token_ids == c.token_ids
+
+
 def test_greedy_and_stop_strings_match_hf_backend(engine, fresh):
     model, tok = fresh
     engine.update_weights(model)

@@ -32,10 +32,42 @@ class Completion:
     sample_index: int
     text: str
     prompt_token_ids: list[int]
-    token_ids: list[int]  # the completion's tokens only, EOS included when sampled
-    logprobs: list[float]  # log π_sample(token) for each of token_ids, from the sampler
-    finish_reason: str = "length"  # "stop" (EOS or stop string) or "length"
+    token_ids: list[int]  # the completion's tokens only, the end token included when sampled
+    logprobs: list[float]  # log softmax(z / T)[token] of each token (``logprob_temperature``)
+    finish_reason: str = "length"  # "stop" (an end token or stop string) or "length"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def logprob_temperature(temperature: float) -> float:
+    """The T of the logprobs every engine returns and the trainer recomputes: log softmax(z / T)
+    at the sampling temperature, top-k/top-p not renormalised (TRL's and verl's definition: the
+    policy that is trained is the tempered one). Greedy decoding (T = 0) scores with T = 1.
+
+    >>> logprob_temperature(0.5), logprob_temperature(0.0)
+    (0.5, 1.0)
+    """
+    return temperature if temperature > 0 else 1.0
+
+
+def end_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """The tokens that end a completion: the tokenizer's EOS first, then every id of the model's
+    ``generation_config.eos_token_id`` (an int or a list: Qwen2.5-Instruct lists ``<|im_end|>``
+    and ``<|endoftext|>``), without repeats. vLLM stops on the same set; the hf engine, SFT data
+    (which appends the first) and evals use this one function.
+
+    >>> class Tok: eos_token_id = 2
+    >>> class Gen: eos_token_id = [5, 2]
+    >>> end_token_ids(Tok(), Gen()), end_token_ids(Tok())
+    ([2, 5], [2])
+    """
+    ids: list[int] = []
+    gen = getattr(generation_config, "eos_token_id", None)
+    for t in [getattr(tokenizer, "eos_token_id", None), *(gen if isinstance(gen, list | tuple) else [gen])]:  # fmt: skip
+        if t is not None and int(t) not in ids:
+            ids.append(int(t))
+    if not ids:
+        raise ValueError("neither the tokenizer nor the generation config names an end token")
+    return ids
 
 
 class RolloutEngine(ABC):

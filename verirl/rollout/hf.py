@@ -9,8 +9,10 @@ strings use ``generate`` (its stop-string matching is exact across token boundar
 The engine holds a reference to the policy module itself, so ``update_weights`` has nothing to
 copy: the next ``generate`` already samples from the weights the optimizer just changed.
 
-Logprobs are those of the model's own distribution (temperature 1, no top-k/top-p), the same
-quantity the trainer recomputes, so the two can be compared token for token.
+Logprobs are log softmax(z / T) at the sampling temperature T (``logprob_temperature``; top-k
+and top-p not renormalised), the same quantity the trainer recomputes, so the two can be
+compared token for token. Sequences end on any of ``end_token_ids`` (the tokenizer's EOS and
+the model's ``generation_config.eos_token_id`` list), as vLLM's do.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from typing import Any
 
 import torch
 
-from verirl.rollout.base import Completion, RolloutEngine, SamplingParams
+from verirl.rollout.base import (
+    Completion,
+    RolloutEngine,
+    SamplingParams,
+    end_token_ids,
+    logprob_temperature,
+)
 from verirl.rollout.fastdecode import FastDecoder, is_plain
 
 
@@ -37,6 +45,7 @@ class HFRolloutEngine(RolloutEngine):
         self.synced = synced
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token")
+        self.end_ids = end_token_ids(tokenizer, getattr(model, "generation_config", None))
 
     def update_weights(self, model: Any) -> float:
         self.model = model
@@ -78,11 +87,11 @@ class HFRolloutEngine(RolloutEngine):
 
     def _decode_chunk(self, ids: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         """Left-padded prefill, then a token per step with the KV cache; stops when every
-        sequence has emitted EOS. Sampling draws from the global torch RNG (seedable and
-        checkpointed by the trainer)."""
+        sequence has emitted an end token. Sampling draws from the global torch RNG (seedable
+        and checkpointed by the trainer)."""
         tok, model = self.tokenizer, self.model
         width = max(len(x) for x in ids)
-        pad, eos = tok.pad_token_id, tok.eos_token_id
+        pad, tau = tok.pad_token_id, logprob_temperature(sampling.temperature)
         device = next(model.parameters()).device
         fast = FastDecoder.maybe(model, len(ids), width + sampling.max_new_tokens)
         # The fast path prefills each distinct prompt once (n samples share its keys/values).
@@ -102,15 +111,17 @@ class HFRolloutEngine(RolloutEngine):
             cache, logits = out.past_key_values, out.logits[:, -1]
         nxt_pos = pos[:, -1] + 1  # [B]
         done = torch.zeros(len(ids), dtype=torch.bool, device=device)
+        ends = torch.tensor(self.end_ids, device=device)
         toks = torch.full((len(ids), sampling.max_new_tokens), pad, device=device)  # [B, T]
         lps = torch.zeros((len(ids), sampling.max_new_tokens), device=device)
         steps = 0
         for t in range(sampling.max_new_tokens):
-            logp = torch.log_softmax(logits.float(), -1)  # [B, V] the model's own distribution
-            new = _sample(logits, logp, sampling).masked_fill_(done, pad)  # [B]
+            z = logits.float()
+            logp = torch.log_softmax(z / tau if tau != 1.0 else z, -1)  # [B, V] softmax(z/T)
+            new = _sample(logp, sampling).masked_fill_(done, pad)  # [B]
             toks[:, t] = new
             lps[:, t] = logp.gather(-1, new[:, None])[:, 0]
-            done |= new == eos
+            done |= torch.isin(new, ends)
             steps = t + 1
             # Synced (sharded model): every rank runs the same number of forwards (collectives).
             if (bool(done.all()) and not self.synced) or steps == sampling.max_new_tokens:
@@ -126,12 +137,11 @@ class HFRolloutEngine(RolloutEngine):
             nxt_pos = nxt_pos + 1
         tok_mat = toks[:, :steps].tolist()
         lp_mat = lps[:, :steps].tolist()
-        ends = [(row.index(eos) + 1, "stop") if eos in row else (len(row), "length")
-                for row in tok_mat]  # fmt: skip
-        bodies = [row[: n - (f == "stop")] for row, (n, f) in zip(tok_mat, ends, strict=True)]
-        texts = tok.batch_decode(bodies, skip_special_tokens=False)  # without the EOS
+        stops = [_end(row, self.end_ids) for row in tok_mat]
+        bodies = [row[: n - (f == "stop")] for row, (n, f) in zip(tok_mat, stops, strict=True)]
+        texts = tok.batch_decode(bodies, skip_special_tokens=False)  # without the end token
         results = []
-        for b, (row, (length, finish), text) in enumerate(zip(tok_mat, ends, texts, strict=True)):
+        for b, (row, (length, finish), text) in enumerate(zip(tok_mat, stops, texts, strict=True)):
             body = row[:length]
             results.append(
                 Completion(
@@ -160,7 +170,7 @@ class HFRolloutEngine(RolloutEngine):
             max_new_tokens=sampling.max_new_tokens,
             do_sample=do_sample,
             pad_token_id=pad,
-            eos_token_id=tok.eos_token_id,
+            eos_token_id=self.end_ids,
             return_dict_in_generate=True,
             output_logits=True,
             use_cache=True,
@@ -177,17 +187,14 @@ class HFRolloutEngine(RolloutEngine):
         gen = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         new = gen.sequences[:, width:]  # [B, T_new]
         logits = torch.stack(gen.logits, dim=1).float()  # [B, T_new, V], raw (unprocessed)
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        tau = logprob_temperature(sampling.temperature)
+        logp = torch.log_softmax(logits / tau, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
         results = []
         for b in range(new.shape[0]):
             toks = new[b].tolist()
-            length, finish = len(toks), "length"
-            for t, token in enumerate(toks):
-                if token == tok.eos_token_id:
-                    length, finish = t + 1, "stop"
-                    break
+            length, finish = _end(toks, self.end_ids)
             body = toks[:length]
-            text = tok.decode([t for t in body if t != tok.eos_token_id], skip_special_tokens=False)
+            text = tok.decode(body[: length - (finish == "stop")], skip_special_tokens=False)
             for s in sampling.stop:
                 if s in text:
                     text, finish = text[: text.index(s) + len(s)], "stop"
@@ -205,16 +212,24 @@ class HFRolloutEngine(RolloutEngine):
         return results
 
 
-def _sample(logits: torch.Tensor, logp: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
-    """One token per row from `logits` [B, V] (`logp` = their log-softmax): greedy at temperature
-    0, else temperature, then top-k, then nucleus (top-p) filtering, as transformers' warpers
-    apply them."""
+def _end(row: list[int], end_ids: list[int]) -> tuple[int, str]:
+    """(tokens kept, finish reason): up to and including the first end token, else all."""
+    for t, token in enumerate(row):
+        if token in end_ids:
+            return t + 1, "stop"
+    return len(row), "length"
+
+
+def _sample(logp: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
+    """One token per row from `logp` [B, V] = log softmax(z / T): greedy at temperature 0, else
+    top-k, then nucleus (top-p) filtering of the tempered distribution, as transformers' warpers
+    apply them (temperature first)."""
     if sampling.temperature <= 0:
-        return logits.argmax(-1)
-    top_k = sampling.top_k if sampling.top_k and sampling.top_k < logits.shape[-1] else 0
-    if sampling.temperature == 1.0 and not top_k and sampling.top_p >= 1.0:
-        return _draw(logp.exp())  # the model's own distribution: reuse its log-softmax
-    logits = logits.float() / sampling.temperature
+        return logp.argmax(-1)
+    top_k = sampling.top_k if sampling.top_k and sampling.top_k < logp.shape[-1] else 0
+    if not top_k and sampling.top_p >= 1.0:
+        return _draw(logp.exp())  # the tempered distribution itself
+    logits = logp
     if top_k:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -15,10 +15,15 @@ warning for sleep/wake): ``sleep_mode`` (release the weights and KV cache while 
 runs, level 2 as in TRL, and push the weights back before the next rollout) and
 ``tensor_parallel_size > 1`` (vLLM's multiprocessing workers; the weights then travel by RPC).
 
-Logprobs are vLLM's ``raw_logprobs`` by default: log-softmax of the model's logits before
-temperature/top-k/top-p, the same quantity the hf backend returns and the trainer recomputes.
-``verirl.algos.truncated_is_weights`` (``algo.tis_cap``) corrects the loss for what remains of
-the trainer/vLLM mismatch (kernels, dtypes).
+Logprobs are vLLM's ``processed_logprobs`` by default: log softmax(z / T) of the logits after
+temperature, the same quantity the hf backend returns and the trainer recomputes
+(``verirl.rollout.base.logprob_temperature``). vLLM computes them after top-k/top-p as well
+(vllm/v1/sample/ops/topk_topp_sampler.py), so with ``top_k > 0`` or ``top_p < 1`` its logprobs
+are renormalised over the kept tokens and exceed the trainer's by log(kept mass); the hf
+backend does not renormalise. ``verirl.algos.truncated_is_weights`` (``algo.tis_cap``) corrects
+the loss for what remains of the trainer/vLLM mismatch (kernels, dtypes). Completions end on
+``end_token_ids`` (the tokenizer's EOS and the checkpoint's ``generation_config.json`` list),
+passed as ``stop_token_ids`` so both backends stop on the same tokens.
 
 One engine per process at a time: vLLM's in-process engines share process-wide parallel state,
 which closing any of them tears down; a second start raises until the first is ``close()``d.
@@ -40,7 +45,7 @@ from pydantic import Field, field_validator
 
 from verirl.config import StrictModel, validate_config
 from verirl.errors import UserError
-from verirl.rollout.base import Completion, RolloutEngine, SamplingParams
+from verirl.rollout.base import Completion, RolloutEngine, SamplingParams, end_token_ids
 
 if TYPE_CHECKING:
     import torch
@@ -98,9 +103,10 @@ class VLLMOptions(StrictModel):
     )
     seed: int = Field(default=0, description="Engine seed (sampling without a per-call seed).")
     logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = Field(
-        default="raw_logprobs",
-        description="raw: the model's own log-softmax (what the trainer recomputes); processed: "
-        "after temperature/top-k/top-p, the distribution actually sampled from.",
+        default="processed_logprobs",
+        description="processed: log softmax(z / T) after temperature (and top-k/top-p), what the "
+        "trainer recomputes at the sampling temperature; raw: the model's own log-softmax "
+        "(T = 1), which matches the trainer only at temperature 1.",
     )
 
     @field_validator("dtype")
@@ -228,6 +234,16 @@ class _PreserveHostState:
             torch.cuda.set_rng_state_all(self.cuda_rng)
 
 
+def _generation_config(model_path: str | os.PathLike[str]) -> Any:
+    """The checkpoint's GenerationConfig (None when it has no generation_config.json)."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(str(model_path))
+    except (OSError, ValueError):
+        return None
+
+
 class VLLMRolloutEngine(RolloutEngine):
     """Colocated vLLM engine. ``sync_seconds`` lists the duration of every weight sync.
 
@@ -310,6 +326,7 @@ class VLLMRolloutEngine(RolloutEngine):
         self.start_seconds = time.perf_counter() - t0
         VLLMRolloutEngine._live += 1
         self.tokenizer = tokenizer if tokenizer is not None else self.llm.get_tokenizer()
+        self.end_ids = end_token_ids(self.tokenizer, _generation_config(model_path))
         self.sync_seconds: list[float] = []
         self._weights_asleep = self._kv_asleep = False
         self._last_model: Any = None  # re-pushed after a level-2 sleep discarded the weights
@@ -335,6 +352,7 @@ class VLLMRolloutEngine(RolloutEngine):
                     top_k=sampling.top_k,
                     max_tokens=sampling.max_new_tokens,
                     stop=list(sampling.stop) or None,
+                    stop_token_ids=self.end_ids,
                     include_stop_str_in_output=True,  # as hf: the text ends with the stop string
                     logprobs=0,  # only the sampled token's logprob
                     # vLLM seeds sample j of a request with seed + j; spacing prompts by n keeps

@@ -29,6 +29,7 @@ from verirl.envs.base import Environment
 from verirl.envs.registry import make_env
 from verirl.errors import ConfigError, UserError
 from verirl.rollout import RolloutEngine, SamplingParams, make_engine
+from verirl.rollout.base import logprob_temperature
 from verirl.train import checkpoint as ckpt
 from verirl.train import distributed as dist
 from verirl.train.config import TrainConfig
@@ -276,6 +277,7 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, ctx: dist.DistContext, dev
         MetricsLogger(run.run_dir, cfg.log.tensorboard, keep_upto=run.start_step) if main else None
     )
     sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, tuple(r.stop))
+    tau = logprob_temperature(r.temperature)  # every logprob is log softmax(z / tau)
     batch_size = a.batch_size // ctx.world_size  # this rank's completions per step
     micro = t.micro_batch_size or batch_size
     pad = run.tok.pad_token_id
@@ -306,14 +308,14 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, ctx: dist.DistContext, dev
             with autocast:
                 if a.epochs > 1 or run.value_head is not None:
                     old_logp, old_values = sequence_logprobs(run.model, batch, micro,
-                                                             run.value_head)  # fmt: skip
+                                                             run.value_head, tau)  # fmt: skip
                 if run.ref is not None:
                     ref_model, ref_ctx = run.ref.context(run.model)
                     with ref_ctx:
-                        ref_logp, _ = sequence_logprobs(ref_model, batch, micro)
+                        ref_logp, _ = sequence_logprobs(ref_model, batch, micro, None, tau)
             scored = reward_stats(scoring.result(), (len(rows), a.group_size))
             ro = Rollout(batch, scored["rewards"], scored["valid"], old_logp, ref_logp,
-                         old_values, stats=scored["stats"])  # fmt: skip
+                         old_values, stats=scored["stats"], temperature=tau)  # fmt: skip
             if a.tis_cap is not None:
                 ro.rollout_logp = rollout_logprobs(groups, batch)
             # 3. advantages (a group lives on one rank; PPO whitens over all ranks' tokens)

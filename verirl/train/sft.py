@@ -18,6 +18,7 @@ from verirl.algos import sft_loss
 from verirl.config import write_resolved_config
 from verirl.errors import DataError
 from verirl.jsonl import read_jsonl
+from verirl.rollout.base import end_token_ids
 from verirl.train import checkpoint as ckpt
 from verirl.train.config import SftConfig
 from verirl.train.loop import lr_lambda, make_run_dir
@@ -63,9 +64,11 @@ def sft(cfg: SftConfig) -> Path:
     pairs = load_pairs(cfg, tok)  # validated before the run dir exists
     if not pairs:
         raise DataError("sft: no training rows")
+    # Targets end with the first of the end tokens the rollout engines stop on.
+    end = end_token_ids(tok, getattr(model, "generation_config", None))[0]
     enc = [
         (tok(p, add_special_tokens=False)["input_ids"],
-         tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+         tok(c, add_special_tokens=False)["input_ids"] + [end])
         for p, c in pairs
     ]  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,9 @@ class Rollout:
     returns: torch.Tensor | None = None  # [B, T] PPO
     stats: dict[str, float] = field(default_factory=dict)
     rollout_logp: torch.Tensor | None = None  # [B, T] the engine's log π at sampling time
+    # T of every logprob of this batch (π_old, π_ref, π_θ, the engine's): log softmax(z / T),
+    # ``logprob_temperature`` of the sampling temperature; the entropy metric is softmax(z/T)'s.
+    temperature: float = 1.0
 
 
 def rollout_logprobs(groups: list[list[Completion]], batch: Batch) -> torch.Tensor:
@@ -125,16 +128,22 @@ def reward_stats(results: list[RewardResult], shape: tuple[int, int]) -> dict[st
 
 @torch.no_grad()
 def sequence_logprobs(
-    model: Any, batch: Batch, micro: int, value_head: ValueHead | None = None
+    model: Any,
+    batch: Batch,
+    micro: int,
+    value_head: ValueHead | None = None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log π(target) for every position [B, T] (and V [B, T] with a value head), no grad."""
+    """log softmax(z / T)[target] for every position [B, T] (and V [B, T] with a value head),
+    no grad. The reference model is scored at the same T as the policy (TRL and verl divide
+    its logits by the sampling temperature too), so the KL compares two tempered policies."""
     logps, values = [], []
     width = batch.targets.shape[1]
     for s in range(0, batch.targets.shape[0], micro):
         mb = batch.slice(slice(s, s + micro))
         first = mb.first_target()  # prompt columns left of it: 0, never read (masked)
         logits, h = forward_logits(model, mb, hidden=value_head is not None, start=first)
-        lp = token_logprobs(logits, mb.targets[:, first:])
+        lp = token_logprobs(logits, mb.targets[:, first:], temperature=temperature)
         logps.append(torch.nn.functional.pad(lp, (first, width - first - lp.shape[1])))
         if value_head is not None:
             v = value_head(h)
@@ -278,7 +287,8 @@ def _micro_step(
     first, w = mb.first_target(), mb.targets.shape[1]
     cols = slice(first, w)
     logits, h = forward_logits(model, mb, hidden=value_head is not None, start=first)
-    logp, ent = token_logprobs_and_entropy(logits, mb.targets[:, cols])  # one pass each
+    logp, ent = token_logprobs_and_entropy(logits, mb.targets[:, cols],
+                                           temperature=ro.temperature)  # fmt: skip
     old = _rows(ro.old_logp, idx, cols)
     old = logp.detach() if old is None else old  # epochs = 1: ratio is 1, one forward
     adv = ro.adv[idx, cols]
