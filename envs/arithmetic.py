@@ -19,7 +19,10 @@ from verirl.envs.registry import register_env
 from verirl.rewards.result import RewardResult
 
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-_LEADING_INT = re.compile(r"\s*(-?\d+)(?!\d)")
+# The whole first line must be the integer: reading only a leading integer accepted "36.5",
+# "36-1" and "36 or 3" for 36 (a hedge and two wrong answers). Later lines are free.
+_FIRST_LINE_INT = re.compile(r"[ \t]*(-?\d+)[ \t]*(?:\r?\n|$)")
+_LEADING_INT = re.compile(r"\s*-?\d")
 
 
 @register_env
@@ -87,18 +90,22 @@ class ArithmeticEnv(Environment):
         ]
 
     def score(self, completion: str, row: Row) -> RewardResult:
-        """Exact integer match of the completion's leading integer.
+        """Exact integer match of the completion's first line, which must be an integer and
+        nothing else (fail closed: ``36.5``, ``36-1``, ``36 or 3`` score 0 for 36).
 
         >>> env = ArithmeticEnv()
         >>> env.score("19", {"answer": "19"}).reward
         1.0
         >>> env.score("18 ", {"answer": "19"}).status
         'incorrect'
-        >>> env.score("nineteen", {"answer": "19"}).status
-        'format_error'
+        >>> env.score("19.5", {"answer": "19"}).status, env.score("nineteen", {"answer": "19"}).status
+        ('incorrect', 'format_error')
         """
-        m = _LEADING_INT.match(completion)
+        m = _FIRST_LINE_INT.match(completion)
         if m is None:
+            if _LEADING_INT.match(completion):  # a number with more after it: a wrong answer
+                first = completion.strip().split("\n", 1)[0][:40]
+                return RewardResult(0.0, "incorrect", detail=f"not an integer alone: {first!r}")
             return RewardResult(0.0, "format_error", detail="no leading integer")
         got = int(m.group(1))
         if got == int(row["answer"]):

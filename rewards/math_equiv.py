@@ -18,7 +18,6 @@ precision it states: the prediction must round to it, |pred − gold| ≤ ½·10
 
 from __future__ import annotations
 
-import math
 import re
 from fractions import Fraction
 from typing import Any
@@ -27,8 +26,10 @@ from verirl.rewards.math_normalize import (
     MATH_WORDS,
     as_interval,
     choice_letter,
+    juxtaposed,
     normalize,
 )
+from verirl.rewards.math_values import ASTRONOMICAL, admissible, digits, value_kind
 
 _MIXED_NORMAL = re.compile(r"\(?(-?\d+)\+\\frac\{(\d+)\}\{(\d+)\}\)?")
 _NUM = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
@@ -113,6 +114,10 @@ def fast_equiv(pred: str, gold: str) -> bool | None:
         if pred_letter is not None:
             return pred_letter == gold_letter
     p, g = normalize(pred), normalize(gold)
+    if p and p == g:
+        return True
+    if juxtaposed(p) or juxtaposed(g):
+        return False  # "2 3" is neither 6 nor 23: only the identical text matches it
     if p and "".join(p.split()) == "".join(g.split()):  # spacing never changes a LaTeX value
         return True
     gn, pn = plain_number(g), plain_number(p)
@@ -186,6 +191,8 @@ def _parse(s: str) -> Any:
     import sympy
     from latex2sympy2_extended import latex2sympy
 
+    if juxtaposed(s):
+        raise ValueError(f"juxtaposed numbers in {s!r}")
     if "\\" not in s and "{" not in s:
         from sympy.parsing.sympy_parser import (
             convert_xor,
@@ -218,21 +225,19 @@ def _tidy(expr: Any, sympy: Any) -> Any:
 
 
 def _values_equal(a: Any, b: Any, gold_places: int | None) -> bool:
-    """Expression equality; `b` is the gold."""
+    """Expression equality; `b` is the gold. Callers have checked `admissible(a, b)`."""
     import sympy
 
     if isinstance(a, sympy.Eq) and isinstance(b, sympy.Eq):
         if a.lhs == b.lhs and a.lhs.is_Symbol:
             return _values_equal(a.rhs, b.rhs, gold_places)
-        da, db = a.lhs - a.rhs, b.lhs - b.rhs
-        if db == 0:
-            return bool(da == 0)
-        ratio = sympy.simplify(da / db)
-        return bool(ratio.is_number and ratio != 0)
+        return _same_relation(a.lhs - a.rhs, b.lhs - b.rhs, sympy, any_sign=True)
     if isinstance(a, sympy.Eq) and a.lhs.is_Symbol:  # "x = 3" against "3"
         return _values_equal(a.rhs, b, gold_places)
     if isinstance(b, sympy.Eq) and b.lhs.is_Symbol:
         return _values_equal(a, b.rhs, gold_places)
+    if isinstance(a, sympy.Rel) or isinstance(b, sympy.Rel):
+        return _inequalities_equal(a, b, sympy)
     if isinstance(a, sympy.MatrixBase) or isinstance(b, sympy.MatrixBase):
         if not (isinstance(a, sympy.MatrixBase) and isinstance(b, sympy.MatrixBase)):
             return False
@@ -242,18 +247,21 @@ def _values_equal(a: Any, b: Any, gold_places: int | None) -> bool:
     if isinstance(a, sympy.Set) or isinstance(b, sympy.Set):
         return isinstance(a, sympy.Set) and isinstance(b, sympy.Set) and bool(a == b)
     if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)):
-        return bool(a == b)
+        return False
+    if not a.free_symbols <= b.free_symbols:
+        # "x" or "n + 1" is no value of a gold without x or n; only an exact identity
+        # (sin²x + cos²x for 1) is, and no numeric test may stand in for that proof.
+        return bool(sympy.simplify(a - b) == 0)
     if a == b:
         return True
-    unbounded = (sympy.oo, -sympy.oo, sympy.zoo, sympy.nan)
-    if any(x.has(*unbounded) for x in (a, b)):
-        # ∞ - ∞ and 1/0 make every numeric test meaningless: only structure can decide.
+    if a.has(sympy.oo, -sympy.oo) or b.has(sympy.oo, -sympy.oo):
+        # Both infinite (`admissible`): a numeric test means nothing, only structure decides.
         return bool(sympy.simplify(a) == sympy.simplify(b))
     if gold_places is not None and a.is_number and b.is_number:
         diff = sympy.N(a - b, 30)
         return bool(abs(diff) <= sympy.Rational(1, 2 * 10**gold_places))
     if a.is_number and b.is_number:
-        big_a, big_b = _digits(a, sympy) > _ASTRONOMICAL, _digits(b, sympy) > _ASTRONOMICAL
+        big_a, big_b = digits(a, sympy) > ASTRONOMICAL, digits(b, sympy) > ASTRONOMICAL
         if big_a or big_b:
             # 9^{9^{9^9}} or 100000!: never evaluate; equal only if written the same way.
             return bool(big_a and big_b and a == b)
@@ -276,33 +284,35 @@ def _values_equal(a: Any, b: Any, gold_places: int | None) -> bool:
     return bool(sympy.expand(diff) == 0 or sympy.simplify(diff) == 0)
 
 
-_ASTRONOMICAL = 100_000  # digits; 2^{65536} (19,729 digits) is still compared exactly
+def _same_relation(da: Any, db: Any, sympy: Any, any_sign: bool) -> bool:
+    """da ⋈ 0 and db ⋈ 0 say the same thing iff da = c·db for a constant c ≠ 0 (c > 0 for an
+    inequality, whose direction a negative factor flips)."""
+    if not da.free_symbols <= db.free_symbols or db == 0:
+        return False
+    ratio = sympy.simplify(da / db)
+    if not ratio.is_number or ratio == 0 or not ratio.is_finite:
+        return False
+    return bool(any_sign or ratio.is_positive)
 
 
-def _digits(e: Any, sympy: Any) -> float:
-    """An estimate of log10 of a constant's magnitude (or of its reciprocal's), from its tree
-    alone, never evaluating it: 9^{9^{9^9}} → inf, 100000! → 4.6e5, 2^{65536} → 19729."""
-    if e.is_Integer:
-        return math.log10(abs(int(e))) if e != 0 else 0.0
-    if e.is_Rational:
-        return max(math.log10(abs(int(e.p))), math.log10(int(e.q)))
-    if e.is_Pow:
-        base, expo = e.args
-        if expo.is_Rational and abs(expo) < 10**15:
-            x = abs(float(expo))
-        else:
-            d_exp = _digits(expo, sympy)
-            if d_exp > 15:
-                return math.inf
-            x = 10**d_exp
-        return x * max(_digits(base, sympy), 0.0)
-    if isinstance(e, (sympy.factorial, sympy.gamma)):
-        d_n = _digits(e.args[0], sympy)
-        return math.inf if d_n > 15 else (10**d_n) * max(d_n, 1.0)
-    if not e.args:
-        return 1.0
-    parts = [_digits(a, sympy) for a in e.args]
-    return sum(parts) if e.is_Mul else max(parts) + 1
+def _inequalities_equal(a: Any, b: Any, sympy: Any) -> bool:
+    """``x \\geq 5``, ``5 \\leq x``, ``-x \\leq -5`` and ``2x \\geq 10`` are one statement: each
+    side is put as ``e > 0`` or ``e \\geq 0`` and the two ``e`` compared up to a positive factor.
+    An inequality and a non-inequality are never equal."""
+    if not (isinstance(a, sympy.Rel) and isinstance(b, sympy.Rel)):
+        return False
+    if isinstance(a, (sympy.Eq, sympy.Ne)) or isinstance(b, (sympy.Eq, sympy.Ne)):
+        return False
+    ea, strict_a = _as_positive(a, sympy)
+    eb, strict_b = _as_positive(b, sympy)
+    return strict_a == strict_b and _same_relation(ea, eb, sympy, any_sign=False)
+
+
+def _as_positive(r: Any, sympy: Any) -> tuple[Any, bool]:
+    """(e, strict) with r ⟺ e > 0 (strict) or e ≥ 0."""
+    if isinstance(r, (sympy.StrictGreaterThan, sympy.GreaterThan)):
+        return r.lhs - r.rhs, isinstance(r, sympy.StrictGreaterThan)
+    return r.rhs - r.lhs, isinstance(r, sympy.StrictLessThan)
 
 
 def _clearly_apart(a: Any, b: Any, sympy: Any) -> bool:
@@ -375,6 +385,8 @@ def symbolic_equiv(pred: str, gold: str) -> tuple[bool, str]:
 
 
 def _compound_equal(p: str, g: str, places: int | None) -> bool:
+    if _has_relation(p) != _has_relation(g):
+        return _relation_vs_interval(p, g)
     ge, pe = _elements(g), _elements(p)
     if ge is None and pe is None:
         return _single_equal(p, g, places)
@@ -393,6 +405,52 @@ def _compound_equal(p: str, g: str, places: int | None) -> bool:
     if gkind.startswith("seq") and (pkind == gkind or pkind == "bare"):
         return all(_compound_equal(x, y, None) for x, y in zip(pparts, gparts, strict=True))
     return False
+
+
+_RELATION = re.compile(r"<|>|\\leq|\\geq")
+
+
+def _has_relation(s: str) -> bool:
+    return _RELATION.search(s) is not None
+
+
+def _relation_vs_interval(p: str, g: str) -> bool:
+    """An inequality in one variable against an interval or union: compare the sets
+    (``-x \\leq -5`` against ``[5, \\infty)``)."""
+    import sympy
+
+    rel_text, other = (p, g) if _has_relation(p) else (g, p)
+    try:
+        rel = _parse(rel_text)
+        target = _interval_value(other)
+    except Exception:
+        return False
+    if target is None or not isinstance(rel, (sympy.Rel, sympy.And, sympy.Or)):
+        return False
+    if isinstance(rel, (sympy.Eq, sympy.Ne)) or len(rel.free_symbols) != 1:
+        return False
+    if value_kind(rel) == "bad":
+        return False
+    return bool(rel.as_set() == target)
+
+
+def _interval_value(s: str) -> Any:
+    """``[a, b)`` or a ``\\cup`` of such as a sympy set; None when `s` is not one."""
+    import sympy
+
+    if "\\cup" in s:
+        parts = [_interval_value(x) for x in split_top(s, "\\cup")]
+        return None if any(x is None for x in parts) else sympy.Union(*parts)
+    br = _brackets(s)
+    if br is None or br[0] not in "([" or br[2] not in ")]":
+        return None
+    ends = split_top(br[1])
+    if len(ends) != 2:
+        return None
+    lo, hi = (_parse(e) for e in ends)
+    if "bad" in (value_kind(lo), value_kind(hi)):
+        return None
+    return sympy.Interval(lo, hi, br[0] == "(", br[2] == ")")
 
 
 def _match_unordered(pparts: list[str], gparts: list[str]) -> bool:
@@ -417,4 +475,6 @@ def _single_equal(p: str, g: str, places: int | None) -> bool:
         pv = _parse(p)
     except Exception:
         return False
+    if not admissible(pv, gv):
+        return False  # 1/0, \\log 0, x = x, True: no value; ∞ only meets ∞
     return _values_equal(pv, gv, places)

@@ -1,12 +1,28 @@
 """Find the final answer in a model's completion.
 
-Order of trust (first hit wins): the text after ``</think>`` when it holds an answer, then
-``<answer>…</answer>``, the last ``\\boxed{…}``/``\\fbox{…}``, "Final Answer: …", GSM8K's
-``#### n``, "the answer is …", and, if enabled, the last number in the text.
+Precedence: the first rule that finds an answer wins.
+
+1. **Thinking.** With ``</think>``, only the text after the last one is searched; the thinking
+   text is searched only when that tail holds no answer at all.
+2. **Answer tag.** The last ``<answer>…</answer>``; inside it rules 3–5 apply, else its whole
+   content is the answer.
+3. **Boxes.** ``\\boxed{…}``/``\\fbox{…}`` of the final sentence that holds one. With several boxes
+   there, a correction between two of them ("but actually", "wait", "instead", "I mean",
+   "correction", "rather") drops the earlier ones; boxes that still differ form one list answer
+   (``1, 2``) when only commas, "and" or spaces join them, and a hedge ("3 or 5") otherwise.
+4. **Answer phrases**, the one latest in the text: "Final Answer:" (also bold,
+   ``**Final Answer:**``/``**Final Answer**:``), "the/my/final answer is", "Answer:", GSM8K's
+   ``#### n``. The answer is the phrase's value, not its clause: the first sentence after it,
+   cut after its last copula ("The largest $n$ is 34." → ``34``), reduced to its math span when
+   one span holds the value ("$\\frac12$ cups" → ``\\frac12``).
+5. **Last math span**: the last ``$…$``/``$$…$$``/``\\(…\\)``/``\\[…\\]`` that is not a bare name
+   (``$n$``, ``$\\alpha$``); of a chain ``a = b = c`` its last side.
+6. **Last bare number** (when enabled), only when it stands alone: a number that touches
+   ``{ } ^ _ / \\``, an operator or a letter is a fragment of a larger expression, and then
+   nothing is extracted (``\\frac{1}{3}`` gives no answer, never ``3``).
 
 Hedges score as wrong, not as the better of two guesses (a reward that accepts "3 or 5" teaches
-the model to list candidates): an answer containing " or ", or two *different* boxed answers in
-the final sentence, is reported as ``hedged``.
+the model to list candidates): an answer containing " or ", or rule 3's hedge, is ``hedged``.
 
 Every scan here is linear in the text (no backtracking regexes over unbounded input), so the
 extraction runs in the caller's process; only the sympy comparison needs a worker with a
@@ -15,17 +31,30 @@ deadline.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\b\s*")
-_FINAL = re.compile(r"final answer\s*(?:is)?\s*[:：]", re.I)
-_THE_ANSWER_IS = re.compile(r"(?:the|my|final)\s+answer\s+is\s*[:：]?", re.I)
+# Each phrase ends where its value starts; bold markers around it are part of the phrase.
+_FINAL = re.compile(r"\**final\s+answer\s*(?:is)?\s*\**\s*[:：]\s*\**", re.I)
+_THE_ANSWER_IS = re.compile(r"(?:the|my|final)\s+answer\s+is\s*\**\s*[:：]?\s*\**", re.I)
+_ANSWER_COLON = re.compile(r"(?<![A-Za-z])\**answer\s*\**\s*[:：]\s*\**", re.I)
 _GSM8K = re.compile(r"####\s*([^\n]{0,200})")
 # A number: sign, digits with optional thousands commas, decimals, a/b. Bounded repeats keep it
 # linear even on 20,000 characters of digits.
 _NUMBER = re.compile(r"-?\d{1,300}(?:,\d{3}){0,100}(?:\.\d{1,300})?(?:/\d{1,300})?")
 _HEDGE = re.compile(r"\s(?:or|and/or)\s", re.I)
+_CORRECTION = re.compile(
+    r"\b(?:actually|wait|instead|correction|rather|i mean|oops|mistake)\b|\bno,", re.I
+)
+_LIST_JOIN = re.compile(r"[\s,;$]*(?:(?:and|&)[\s,;$]*)?")
+_COPULA = re.compile(r"\s(?:is|are|was|were|equals|be)\s", re.I)
+_SENTENCE_END = re.compile(r"(?<=[^\d\s])\.\s|\.$|\.\s+(?=[A-Z])")
+_BARE_NAME = re.compile(r"\s*(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?[A-Za-z0-9]\}?)?\s*")
+# Characters that make a number part of a larger expression when they touch it.
+_GLUE_BEFORE = set("{}^_/\\*+×·") | set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_GLUE_AFTER = _GLUE_BEFORE | set("-(")
 _MAX_ANSWER = 2000
 
 
@@ -34,7 +63,7 @@ class Extraction:
     """The answer found in a completion: ``answer`` is None when none was found."""
 
     answer: str | None
-    source: str  # boxed | answer_tag | final_answer | gsm8k | answer_is | last_number | none
+    source: str  # boxed | answer_tag | final_answer | answer_is | gsm8k | math_span | last_number | none
     hedged: bool = False
 
 
@@ -44,7 +73,12 @@ def boxed_contents(text: str) -> list[tuple[int, str]]:
     >>> boxed_contents(r"so \\boxed{\\frac{1}{2}} and \\boxed 7.")
     [(3, '\\\\frac{1}{2}'), (27, '7')]
     """
-    out: list[tuple[int, str]] = []
+    return [(pos, arg) for pos, _end, arg in _boxes(text)]
+
+
+def _boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, argument) of every box."""
+    out: list[tuple[int, int, str]] = []
     matches = list(_BOX.finditer(text))
     if not matches:
         return out
@@ -54,14 +88,14 @@ def boxed_contents(text: str) -> list[tuple[int, str]]:
         if i < len(text) and text[i] == "{":
             j = closing.get(i)
             if j is not None:
-                out.append((m.start(), text[i + 1 : j]))
+                out.append((m.start(), j + 1, text[i + 1 : j]))
         else:  # \boxed 7: the argument runs to whitespace, '$' or the sentence end
             j = i
             while j < len(text) and not text[j].isspace() and text[j] not in "$":
                 j += 1
             arg = text[i:j].rstrip(".,;")
             if arg:
-                out.append((m.start(), arg))
+                out.append((m.start(), j, arg))
     return out
 
 
@@ -86,8 +120,8 @@ def _matching_braces(text: str) -> dict[int, int]:
 
 def _clean(ans: str) -> str:
     ans = ans.strip()
-    for _ in range(2):  # "$x$." and "\\(x\\)" wrappers
-        ans = ans.strip().rstrip(".").strip()
+    for _ in range(2):  # "$x$." and "\\(x\\)" wrappers, "**12**" bold
+        ans = ans.strip().strip("*").rstrip(".").strip()
         if len(ans) >= 2 and ans[0] == "$" and ans[-1] == "$":
             ans = ans.strip("$")
         if ans.startswith("\\(") and ans.endswith("\\)"):
@@ -97,20 +131,56 @@ def _clean(ans: str) -> str:
     return ans.strip()
 
 
-def _from_boxes(text: str) -> Extraction | None:
-    boxes = boxed_contents(text)
+def final_boxes(text: str) -> tuple[str, bool] | None:
+    """(answer, hedged) from the boxes of the final sentence that has any (rule 3).
+
+    >>> final_boxes(r"first \\boxed{3}, but actually \\boxed{5}")
+    ('5', False)
+    >>> final_boxes(r"\\boxed{1}\\boxed{2}"), final_boxes(r"\\boxed{3} or \\boxed{5}")
+    (('1, 2', False), ('5', True))
+    """
+    boxes = _boxes(text)
     if not boxes:
         return None
-    last_pos, last = boxes[-1]
-    # The final sentence: boxes after the last sentence break that precedes the last box.
+    last_pos = boxes[-1][0]
     start = max(text.rfind("\n", 0, last_pos), text.rfind(". ", 0, last_pos))
-    in_sentence = {_clean(b) for pos, b in boxes if pos > start}
-    hedged = len(in_sentence) > 1 or bool(_HEDGE.search(f" {last} "))
-    return Extraction(_clean(last), "boxed", hedged)
+    group = [b for b in boxes if b[0] > start]
+    kept = [group[0]]
+    for prev, box in itertools.pairwise(group):
+        between = text[prev[1] : box[0]]
+        if _CORRECTION.search(between):
+            kept = [box]  # "first X, but actually Y": only Y stands
+        else:
+            kept.append(box)
+    values = [_clean(arg) for _, _, arg in kept]
+    distinct = list(dict.fromkeys(values))
+    last = values[-1]
+    if len(distinct) == 1:
+        return last, bool(_HEDGE.search(f" {last} "))
+    joins = [text[a[1] : b[0]] for a, b in itertools.pairwise(kept)]
+    if all(_LIST_JOIN.fullmatch(j) for j in joins):
+        return ", ".join(distinct), False
+    return last, True
+
+
+def _phrase_value(clause: str) -> str:
+    """The value an answer phrase names: "The largest $n$ is 34" → "34"."""
+    spans = math_spans(clause)
+    outside = _mask_spans(clause, spans)
+    cut = None
+    for m in _COPULA.finditer(outside):
+        cut = m.end()
+    if cut is not None:
+        clause = clause[cut:]
+        spans = math_spans(clause)
+        outside = _mask_spans(clause, spans)
+    if len(spans) == 1 and not _NUMBER.search(outside):
+        return spans[0][2].strip()  # "$\frac{1}{2}$ cups": the span holds the value
+    return _clean(clause)
 
 
 def _after(pattern: re.Pattern[str], text: str) -> tuple[int, str] | None:
-    """(end offset of the last match, the clause after it)."""
+    """(end offset of the last match, the value of the sentence after it)."""
     last = None
     for m in pattern.finditer(text):
         last = m
@@ -118,44 +188,117 @@ def _after(pattern: re.Pattern[str], text: str) -> tuple[int, str] | None:
         return None
     rest = text[last.end() :]
     line = rest.strip().split("\n", 1)[0]
-    # "The answer is 12 because ..." keeps only the first clause of the sentence.
-    line = re.split(r"(?<=[^\d\s])\.\s|\.$|\.\s+(?=[A-Z])", line, maxsplit=1)[0]
-    ans = _clean(line)
+    line = _SENTENCE_END.split(line, maxsplit=1)[0]
+    ans = _clean(_phrase_value(line))
     return (last.end(), ans) if ans else None
 
 
+def math_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, inner text) of every ``$…$``, ``$$…$$``, ``\\(…\\)`` and ``\\[…\\]``, in one
+    left-to-right scan; an escaped ``\\$`` (currency) opens nothing.
+
+    >>> [s[2] for s in math_spans(r"so $x=1$ and \\(y\\) cost \\$5")]
+    ['x=1', 'y']
+    """
+    out: list[tuple[int, int, str]] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\" and i + 1 < n and text[i + 1] in "([":
+            close = "\\)" if text[i + 1] == "(" else "\\]"
+            j = text.find(close, i + 2)
+            if j < 0:
+                break
+            out.append((i, j + 2, text[i + 2 : j]))
+            i = j + 2
+        elif c == "\\":
+            i += 2
+        elif c == "$":
+            delim = "$$" if text.startswith("$$", i) else "$"
+            j = i + len(delim)
+            while True:
+                j = text.find(delim, j)
+                if j < 0 or text[j - 1] != "\\":
+                    break
+                j += 1
+            if j < 0:
+                break
+            out.append((i, j + len(delim), text[i + len(delim) : j]))
+            i = j + len(delim)
+        else:
+            i += 1
+    return out
+
+
+def _mask_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
+    """`text` with every math span blanked, so phrase rules never look inside math."""
+    chars = list(text)
+    for a, b, _ in spans:
+        chars[a:b] = " " * (b - a)
+    return "".join(chars)
+
+
+def _last_math_span(text: str) -> str | None:
+    for _, _, inner in reversed(math_spans(text)):
+        if not inner.strip() or _BARE_NAME.fullmatch(inner):
+            continue  # "$n$" names a quantity, it is not a value
+        return inner.rsplit("=", 1)[-1].strip() if "=" in inner else inner.strip()
+    return None
+
+
 def _last_number(text: str) -> str | None:
+    """The last number, unless it is glued to a larger expression (then None: a fragment is
+    never an answer)."""
     last = None
     for m in _NUMBER.finditer(text):
         last = m
-    return last.group(0) if last else None
+    if last is None:
+        return None
+    before = text[last.start() - 1] if last.start() > 0 else " "
+    after = text[last.end()] if last.end() < len(text) else " "
+    if after == "." and text[last.end() + 1 : last.end() + 2].isdigit():
+        return None
+    if before in _GLUE_BEFORE or after in _GLUE_AFTER or before.isdigit():
+        return None
+    return last.group(0)
 
 
-def _extract_plain(text: str, fallback: bool) -> Extraction | None:
-    # rfind, not a lazy regex: a regex scan from every unclosed <answer> is quadratic.
-    close = text.rfind("</answer>")
-    open_ = text.rfind("<answer>", 0, close) if close >= 0 else -1
-    if open_ >= 0:
-        inner = text[open_ + len("<answer>") : close]
-        boxed = _from_boxes(inner)
-        if boxed is not None:
-            return Extraction(boxed.answer, "answer_tag", boxed.hedged)
-        ans = _clean(inner)
-        return Extraction(ans, "answer_tag", bool(_HEDGE.search(f" {ans} "))) if ans else None
-    boxed = _from_boxes(text)
+def _extract_plain(text: str, fallback: bool, in_tag: bool = False) -> Extraction | None:
+    if not in_tag:
+        # rfind, not a lazy regex: a regex scan from every unclosed <answer> is quadratic.
+        close = text.rfind("</answer>")
+        open_ = text.rfind("<answer>", 0, close) if close >= 0 else -1
+        if open_ >= 0:
+            inner = text[open_ + len("<answer>") : close]
+            found = _extract_plain(inner, False, in_tag=True)
+            if found is not None and found.source != "math_span":
+                return Extraction(found.answer, "answer_tag", found.hedged)
+            ans = _clean(inner)
+            return Extraction(ans, "answer_tag", bool(_HEDGE.search(f" {ans} "))) if ans else None
+    boxed = final_boxes(text)
     if boxed is not None:
-        return boxed
+        return Extraction(boxed[0], "boxed", boxed[1])
     # "Final Answer: The final answer is $x$" holds both phrases: the later one wins.
     best: tuple[int, str, str] | None = None
-    for source, pattern in (("final_answer", _FINAL), ("answer_is", _THE_ANSWER_IS)):
-        found = _after(pattern, text)
-        if found is not None and (best is None or found[0] > best[0]):
-            best = (found[0], found[1], source)
+    phrases = (
+        ("final_answer", _FINAL),
+        ("answer_is", _THE_ANSWER_IS),
+        ("answer_is", _ANSWER_COLON),
+    )
+    for source, pattern in phrases:
+        hit = _after(pattern, text)
+        if hit is not None and (best is None or hit[0] > best[0]):
+            best = (hit[0], hit[1], source)
     if best is not None:
         return Extraction(best[1], best[2], bool(_HEDGE.search(f" {best[1]} ")))
     gsm = list(_GSM8K.finditer(text))
     if gsm:
         return Extraction(_clean(gsm[-1].group(1)), "gsm8k")
+    if in_tag:
+        return None
+    span = _last_math_span(text)
+    if span:
+        return Extraction(span, "math_span", bool(_HEDGE.search(f" {span} ")))
     if fallback:
         num = _last_number(text)
         if num is not None:
@@ -172,7 +315,9 @@ def extract_answer(completion: str, last_number_fallback: bool = True) -> Extrac
     '72'
     >>> extract_answer(r"It is \\boxed{3} or \\boxed{5}.").hedged
     True
-    >>> extract_answer("no digits here").source
+    >>> extract_answer("**Final Answer:** The largest $n$ is 34.").answer
+    '34'
+    >>> extract_answer(r"so it is \\frac{1}{3}").source
     'none'
     """
     text = completion

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from verirl.rewards.math_equiv import fast_equiv
-from verirl.rewards.math_extract import boxed_contents, extract_answer
+from verirl.rewards.math_extract import extract_answer, final_boxes
 from verirl.rewards.math_pool import CheckerPool, Verdict
 from verirl.rewards.result import RewardResult
 
@@ -43,13 +43,14 @@ def default_pool() -> CheckerPool:
 
 
 def gold_answer(gold: str) -> str:
-    """The gold's own final answer: a MATH solution's last box, else the text itself.
+    """The gold's own final answer: the boxes of a MATH solution's final sentence (several of
+    them are one list answer), else the text itself.
 
-    >>> gold_answer(r"So $x=\\boxed{\\frac{1}{2}}$.")
-    '\\\\frac{1}{2}'
+    >>> gold_answer(r"So $x=\\boxed{\\frac{1}{2}}$."), gold_answer(r"\\boxed{1}\\boxed{2}")
+    ('\\\\frac{1}{2}', '1, 2')
     """
-    boxes = boxed_contents(gold)
-    return boxes[-1][1].strip() if boxes else gold.strip()
+    boxes = final_boxes(gold)
+    return boxes[0] if boxes else gold.strip()
 
 
 def math_reward(

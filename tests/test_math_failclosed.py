@@ -8,7 +8,7 @@ prefers 0 and says why.
 from __future__ import annotations
 
 import pytest
-from verirl.envs.registry import make_env
+from verirl.envs.arithmetic import ArithmeticEnv
 from verirl.rewards.math_pool import CheckerPool
 from verirl.rewards.math_reward import math_reward_batch
 
@@ -92,7 +92,7 @@ def test_exactness_survives():
 
 @pytest.mark.parametrize("completion", ["36.5", "36-1", "36 or 3", "36/1", "36x", "-36", "360"])
 def test_arithmetic_reads_the_whole_answer(completion):
-    env = make_env("arithmetic")
+    env = ArithmeticEnv()
     assert env.score(completion, {"answer": "36"}).reward == 0.0
     assert env.score("36", {"answer": "36"}).reward == 1.0
     assert env.score("36\n12+3=15", {"answer": "36"}).reward == 1.0

@@ -89,8 +89,25 @@ def test_known_weaknesses_are_few():
         ("The answer is $x=5$. Because ...", "x=5", "answer_is", False),
         ("Final Answer: The final answer is $7$. I hope it is correct.", "7", "answer_is", False),
         ("I got 3 and then 4", "4", "last_number", False),
-        (r"\boxed{2}, \boxed{3}", "3", "boxed", True),
-        ("<think>\\boxed{1}</think>answer: nothing", "1", "boxed", False),
+        # several boxes in the final sentence: a list when joined by commas, a hedge with "or",
+        # the last one after a correction
+        (r"\boxed{2}, \boxed{3}", "2, 3", "boxed", False),
+        (r"\boxed{2} or \boxed{3}", "3", "boxed", True),
+        (r"first \boxed{3}, but actually \boxed{5}", "5", "boxed", False),
+        (r"\boxed{4}. Then \boxed{5}", "5", "boxed", False),
+        ("<think>\\boxed{1}</think>nothing more to say", "1", "boxed", False),
+        # answer phrases give their value, not their clause; bold markers are no part of it
+        ("**Final Answer:** 12", "12", "final_answer", False),
+        ("**Final Answer**: $\\frac{1}{2}$", "\\frac{1}{2}", "final_answer", False),
+        ("Final Answer: The largest $n$ is 34.", "34", "final_answer", False),
+        ("Answer: 25", "25", "answer_is", False),
+        # no box, no phrase: the last math span that is a value, before any bare number
+        (r"so $x = \frac{1+\sqrt5}{2}$ works", r"\frac{1+\sqrt5}{2}", "math_span", False),
+        (r"the value of $n$ here is 7", "7", "last_number", False),
+        # the bare-number fallback never takes a fragment
+        (r"so it is \frac{1}{3}", None, "none", False),
+        ("it is 2^10", None, "none", False),
+        ("x+3", None, "none", False),
         ("nothing at all", None, "none", False),
     ],
 )
