@@ -117,6 +117,12 @@ def _eval(args: argparse.Namespace) -> int:
     return eval_command(args)
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from verirl.audit.cli import audit_command
+
+    return audit_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="verirl",
@@ -179,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--backend", choices=["hf", "vllm"], help="rollout engine (default: suite's)")
     ev.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="suite overrides")
     ev.set_defaults(func=_eval)
+
+    au = sub.add_parser("audit", help="probe an environment's reward for hacks before training")
+    au.add_argument("env", help="environment name, or file.py:Class / module:Class")
+    au.add_argument("--rows", type=int, default=50, help="audit the first N rows (default 50)")
+    au.add_argument("--split", default="train", help="dataset split (default train)")
+    au.add_argument("--option", action="append", metavar="KEY=VALUE", help="environment option")
+    au.add_argument("--sandbox", choices=["docker", "process", "auto"], help="code envs only")
+    au.add_argument("--workers", type=int, default=None, help="concurrent checks")
+    au.add_argument("--gold", metavar="FIELD", help="row field with the gold (default answer)")
+    au.add_argument("--out", metavar="DIR", help="write audit.json and report.md here")
+    au.add_argument("--quiet", action="store_true", help="no progress bar")
+    au.set_defaults(func=_audit)
     return p
 
 
