@@ -295,7 +295,7 @@ def test_two_ranks_equal_single_process_step(
     # Adam's first step, g/(|g|+eps), turns such differences in near-zero grads into 1e-2.
     import verirl.train.model
 
-    monkeypatch.setattr(verirl.train.model, "LEAN_TRAIN_FORWARD", False)
+    monkeypatch.setattr(verirl.train.model, "AUTO_LEAN", False)
     ref = train_step(DistContext(), str(tiny_model_dir), "none", lora=case.endswith("lora"))
     got = torch.load(two_ranks / f"{case}.pt")
     assert got["loss"] == pytest.approx(ref["loss"], abs=1e-5)

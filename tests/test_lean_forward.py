@@ -1,4 +1,4 @@
-"""The lean training forward (fastdecode.train_forward) computes what transformers' forward
+"""The lean training forward (verirl.lean_model.train_forward) computes what transformers' forward
 does: logits, last hidden state and every parameter's gradient, on a right-padded batch."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from verirl.rollout.fastdecode import is_plain
+from verirl.lean_model import is_plain
 from verirl.train import model as model_mod
 from verirl.train.model import Batch, forward_logits, pack
 
@@ -27,9 +27,9 @@ def _matches_transformers(model, batch, monkeypatch, spy: str) -> list:
     ``verirl.train.model.<spy>`` (the lean function that should have run)."""
     real = batch.attention_mask[:, :-1].bool()  # positions predicting a real next token
     weights = torch.rand(*batch.targets.shape, model.config.vocab_size) * real[..., None]
-    monkeypatch.setattr(model_mod, "LEAN_TRAIN_FORWARD", False)
+    monkeypatch.setattr(model_mod, "AUTO_LEAN", False)
     ref = _grads_and_outputs(model, batch, weights)
-    monkeypatch.setattr(model_mod, "LEAN_TRAIN_FORWARD", True)
+    monkeypatch.setattr(model_mod, "AUTO_LEAN", True)
     calls = []
     fn = getattr(model_mod, spy)
     monkeypatch.setattr(model_mod, spy, lambda *a, **k: calls.append(a) or fn(*a, **k))
@@ -51,7 +51,7 @@ def test_lean_forward_matches_transformers(tiny_model_dir, monkeypatch):
 
 def test_lean_forward_falls_back_on_left_padding(tiny_model_dir, monkeypatch):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    monkeypatch.setattr(model_mod, "LEAN_TRAIN_FORWARD", True)
+    monkeypatch.setattr(model_mod, "AUTO_LEAN", True)
     ids = torch.tensor([[0, 5, 6, 7], [8, 9, 10, 11]])
     att = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
     batch = Batch(ids, att, ids[:, 1:], att[:, 1:].float())
@@ -66,10 +66,10 @@ def test_lean_forward_falls_back_on_left_padding(tiny_model_dir, monkeypatch):
 def test_shared_prompt_forward_matches_transformers(tiny_model_dir, monkeypatch, attention):
     """GRPO-shaped batch: 3 prompts of different lengths x 4 completions of different lengths
     (one of a single token). Each prompt runs once; outputs and gradients are transformers'."""
-    from verirl.rollout import fastdecode
+    from verirl import lean_model
 
     if attention == "sdpa":  # the path long sequences (and GPUs) take
-        monkeypatch.setattr(fastdecode, "EXPLICIT_ATTENTION_ELEMENTS", 0)
+        monkeypatch.setattr(lean_model, "EXPLICIT_ATTENTION_ELEMENTS", 0)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
     prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
@@ -80,7 +80,7 @@ def test_shared_prompt_forward_matches_transformers(tiny_model_dir, monkeypatch,
     # distinct prompts (SFT) save nothing: the plain lean forward runs
     one_each = batch.slice(torch.tensor([0, 4, 8]))
     lengths = one_each.attention_mask.sum(-1).tolist()
-    assert fastdecode.shared_prompt_rows(one_each.input_ids, lengths, [6, 2, 4]) is None
+    assert lean_model.shared_prompt_rows(one_each.input_ids, lengths, [6, 2, 4]) is None
 
 
 @pytest.mark.parametrize("path", ["transformers", "lean", "shared"])
@@ -89,7 +89,7 @@ def test_logits_from_the_first_completion_column(tiny_model_dir, monkeypatch, pa
     forward, without the prompt columns (TRL's logits_to_keep)."""
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    monkeypatch.setattr(model_mod, "LEAN_TRAIN_FORWARD", path != "transformers")
+    monkeypatch.setattr(model_mod, "AUTO_LEAN", path != "transformers")
     monkeypatch.setattr(model_mod, "SHARE_PROMPTS", path == "shared")
     prompts = [[5, 6, 7, 8, 9], [11, 12, 13]]
     rows = [(p, torch.randint(2, 250, (n,)).tolist()) for p in prompts for n in (4, 7, 2)]
@@ -103,3 +103,28 @@ def test_logits_from_the_first_completion_column(tiny_model_dir, monkeypatch, pa
     assert logits.shape[1] == batch.targets.shape[1] - first == hidden.shape[1]
     torch.testing.assert_close(logits[real], full_logits[:, first:][real], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(hidden[real], full_hidden[:, first:][real], atol=1e-5, rtol=1e-5)
+
+
+def test_resolve_forward_takes_the_lean_path_only_on_cpu_outside_torchrun(tiny_model_dir):
+    """model.forward=auto: lean for a plain fp32/bf16 model on CPU; the model's own forward
+    under torchrun (DDP's π_θ must be the wrapped forward, so π_old/π_ref are too), for
+    LoRA models, fp16, and other devices (meta stands in for CUDA here)."""
+    from peft import LoraConfig, get_peft_model
+
+    from verirl.errors import ConfigError
+    from verirl.train.model import resolve_forward
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert resolve_forward("auto", model) == resolve_forward("lean", model) == "lean"
+    assert resolve_forward("auto", model.bfloat16()) == "lean"
+    assert resolve_forward("auto", model, distributed=True) == "transformers"
+    assert resolve_forward("transformers", model) == "transformers"
+    with pytest.raises(ConfigError, match="torchrun"):
+        resolve_forward("lean", model, distributed=True)
+    assert resolve_forward("auto", model.half()) == "transformers"
+    with torch.device("meta"):
+        assert resolve_forward("auto", AutoModelForCausalLM.from_config(model.config)) == "transformers"  # fmt: skip
+    lora = get_peft_model(model.float(), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert resolve_forward("auto", lora) == "transformers"
+    with pytest.raises(ConfigError, match=r"model\.forward: 'lean' supports"):
+        resolve_forward("lean", lora)

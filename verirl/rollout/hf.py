@@ -1,10 +1,12 @@
 """HF rollouts: the engine that needs nothing but transformers.
 
-Sampling runs a lean decode loop over the model's forward with a KV cache (prefill once, then
-one token per step, only the last position's logits computed) instead of ``generate``: for the
-small models this engine serves, ``generate``'s per-token Python overhead (logits processors,
-stopping criteria, output bookkeeping) costs more than the model itself. Requests with stop
-strings use ``generate`` (its stop-string matching is exact across token boundaries).
+Sampling runs a decode loop with a KV cache (prefill once, then one token per step, only the
+last position's logits computed) instead of ``generate``: for small models, ``generate``'s
+per-token Python overhead (logits processors, stopping criteria, output bookkeeping) costs more
+than the model itself. Each step runs ``verirl.lean_model.LeanDecoder`` where the lean path is
+chosen (``lean``; by default on CPU for supported models) and the model's own forward with its
+cache otherwise (CUDA: its SDPA/flash attention). Requests with stop strings use ``generate``
+(its stop-string matching is exact across token boundaries).
 
 The engine holds a reference to the policy module itself, so ``update_weights`` has nothing to
 copy: the next ``generate`` already samples from the weights the optimizer just changed.
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 
+from verirl.lean_model import LeanDecoder, is_plain, lean_by_default
 from verirl.rollout.base import (
     Completion,
     RolloutEngine,
@@ -28,18 +31,25 @@ from verirl.rollout.base import (
     end_token_ids,
     logprob_temperature,
 )
-from verirl.rollout.fastdecode import FastDecoder, is_plain
 
 
 class HFRolloutEngine(RolloutEngine):
     def __init__(
-        self, model: Any, tokenizer: Any, batch_size: int | None = None, synced: bool = False
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int | None = None,
+        synced: bool = False,
+        lean: bool | None = None,
     ) -> None:
         """`batch_size` caps sequences per `generate` call (None: all at once). `synced`: the
         model is sharded over ranks (FSDP2), so every forward is a collective: decoding runs
         all `max_new_tokens` steps on every rank (with stop strings, ``generate`` with
-        ``synced_gpus``, which keeps finished ranks stepping until all are done)."""
+        ``synced_gpus``, which keeps finished ranks stepping until all are done). `lean`:
+        decode with ``LeanDecoder`` (True), the model's own forward (False), or decide by
+        ``lean_by_default`` (None: CPU, float32/bfloat16, supported architecture)."""
         self.model = model
+        self.lean = lean
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.synced = synced
@@ -71,7 +81,7 @@ class HFRolloutEngine(RolloutEngine):
         was_training = self.model.training
         # The lean decoder applies no dropout whatever the mode; the model's own forward
         # (``generate``, unsupported architectures) must run in eval mode.
-        if sampling.stop or not is_plain(self.model):
+        if sampling.stop or not self._lean():
             self.model.eval()
         try:
             for start in range(0, len(flat), step):
@@ -93,7 +103,9 @@ class HFRolloutEngine(RolloutEngine):
         width = max(len(x) for x in ids)
         pad, tau = tok.pad_token_id, logprob_temperature(sampling.temperature)
         device = next(model.parameters()).device
-        fast = FastDecoder.maybe(model, len(ids), width + sampling.max_new_tokens)
+        fast = (
+            LeanDecoder(model, len(ids), width + sampling.max_new_tokens) if self._lean() else None
+        )
         # The fast path prefills each distinct prompt once (n samples share its keys/values).
         distinct: dict[tuple[int, ...], int] = {}
         rows = [distinct.setdefault(tuple(x), len(distinct)) for x in ids]
@@ -155,6 +167,11 @@ class HFRolloutEngine(RolloutEngine):
                 )
             )
         return results
+
+    def _lean(self) -> bool:
+        if self.lean is None:
+            return lean_by_default(self.model)
+        return self.lean and is_plain(self.model)
 
     def _generate_chunk(self, ids: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         tok = self.tokenizer

@@ -34,6 +34,13 @@ class ModelSection(StrictModel):
         default="auto",
         description="auto: apply the tokenizer's chat template to chat-message prompts",
     )
+    forward: Literal["auto", "transformers", "lean"] = Field(
+        default="auto",
+        description="how logits are computed for training and hf-engine decoding: the model's "
+        "own forward (transformers: SDPA/flash attention), verirl's lean re-implementation "
+        "(verirl.lean_model: plain Qwen2/Qwen3/Llama, faster on CPU), or auto: lean on CPU "
+        "in float32/bfloat16 for those architectures outside torchrun, transformers elsewhere",
+    )
 
 
 class EnvSection(StrictModel):

@@ -34,7 +34,7 @@ from verirl.train import checkpoint as ckpt
 from verirl.train import distributed as dist
 from verirl.train.config import TrainConfig
 from verirl.train.metrics import MetricsLogger, plot_curves
-from verirl.train.model import Reference, ValueHead, load_policy, render_prompt
+from verirl.train.model import Reference, ValueHead, load_policy, render_prompt, resolve_forward
 from verirl.train.update import (
     Rollout,
     batch_rows,
@@ -70,6 +70,7 @@ class Run:
     policy: Any  # `model` as trained: wrapped in DDP when distributed, else `model` itself
     critic: Any  # `value_head`, likewise
     start_step: int = 0
+    forward: str = "transformers"  # ``resolve_forward``: π_old, π_ref, π_θ and hf decoding
 
 
 def lr_lambda(schedule: str, warmup: int, total: int) -> Any:
@@ -134,6 +135,7 @@ def prepare(
     env, rows = load_env(cfg)
     ckpt.seed_everything(cfg.train.seed)
     model, tok = load_policy(cfg.model, device)
+    forward = resolve_forward(cfg.model.forward, model, distributed=ctx.world_size > 1)
     value_head = None
     if cfg.algo.name == "ppo":
         value_head = ValueHead(model.config.hidden_size).to(device)
@@ -167,13 +169,17 @@ def prepare(
         model_path=cfg.model.path,
         # The vllm engine loads `model.path` itself; under LoRA that is the base model.
         **(
-            {"batch_size": cfg.rollout.batch_size, "synced": fsdp and ctx.distributed}
+            {
+                "batch_size": cfg.rollout.batch_size,
+                "synced": fsdp and ctx.distributed,
+                "lean": forward == "lean",
+            }
             if cfg.rollout.backend == "hf"
             else _vllm_settings(cfg, ctx, device)
         ),
     )
     run = Run(cfg, run_dir, model, tok, env, rows, engine, opt, sched, ref, value_head, ctx,
-              device, policy, critic)  # fmt: skip
+              device, policy, critic, forward=forward)  # fmt: skip
     if ctx.world_size > 1:  # ranks must not draw the same completions
         torch.manual_seed(dist.rank_seed(cfg.train.seed, ctx))
     if resume_dir is not None:
@@ -308,11 +314,12 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, ctx: dist.DistContext, dev
             with autocast:
                 if a.epochs > 1 or run.value_head is not None:
                     old_logp, old_values = sequence_logprobs(run.model, batch, micro,
-                                                             run.value_head, tau)  # fmt: skip
+                                                             run.value_head, tau, run.forward)  # fmt: skip
                 if run.ref is not None:
                     ref_model, ref_ctx = run.ref.context(run.model)
                     with ref_ctx:
-                        ref_logp, _ = sequence_logprobs(ref_model, batch, micro, None, tau)
+                        ref_logp, _ = sequence_logprobs(ref_model, batch, micro, None, tau,
+                                                        run.forward)  # fmt: skip
             scored = reward_stats(scoring.result(), (len(rows), a.group_size))
             ro = Rollout(batch, scored["rewards"], scored["valid"], old_logp, ref_logp,
                          old_values, stats=scored["stats"], temperature=tau)  # fmt: skip
@@ -343,7 +350,7 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, ctx: dist.DistContext, dev
                     with autocast:
                         upd = policy_update(
                             run.policy, ro, a, micro, r.max_new_tokens, run.critic, norms,
-                            no_sync, todo,
+                            no_sync, todo, run.forward,
                         )  # fmt: skip
                     params = [p for g in run.opt.param_groups for p in g["params"]]
                     fill_missing_grads(params)

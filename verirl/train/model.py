@@ -15,8 +15,10 @@ from torch import nn
 
 from verirl.algos import adapters_disabled, ema_update, frozen_copy
 from verirl.errors import ConfigError
-from verirl.rollout.fastdecode import (
+from verirl.lean_model import (
+    SUPPORTED,
     is_plain,
+    lean_by_default,
     shared_prompt_rows,
     train_forward,
     train_forward_shared,
@@ -187,15 +189,40 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad: int, devic
     return Batch(ids, att, ids[:, 1:], resp[:, 1:].to(device), starts[:, 0].to(device))
 
 
-# Run plain Qwen2/Llama policies through ``train_forward`` (see ``forward_logits``); tests may
-# turn it off to compare against transformers' own forward bit for bit.
-LEAN_TRAIN_FORWARD = True
+# ``forward="auto"`` takes the lean path where ``lean_by_default`` says so; tests turn this off
+# to compare against transformers' own forward bit for bit.
+AUTO_LEAN = True
 # Run a prompt shared by several rows (a GRPO group) once (``train_forward_shared``).
 SHARE_PROMPTS = True
+FORWARDS = ("auto", "transformers", "lean")
+
+
+def resolve_forward(choice: str, model: Any, distributed: bool = False) -> str:
+    """``model.forward`` for this run: "lean" or "transformers", decided once so that π_old,
+    π_ref and π_θ (and the hf engine's decoding) all come from the same computation.
+
+    auto: lean only where measured faster and tested exact (``lean_by_default``: CPU,
+    float32/bfloat16, a plain supported model) and never under torchrun, where DDP/FSDP2 must
+    run the wrapped model's own forward for π_θ. lean: as auto, but an error where it cannot
+    run."""
+    if choice == "transformers":
+        return "transformers"
+    if choice == "lean":
+        if distributed:
+            raise ConfigError("model.forward: 'lean' cannot run under torchrun (DDP/FSDP2 "
+                              "wrap the model's own forward); use 'auto' or 'transformers'")  # fmt: skip
+        if not is_plain(model):
+            raise ConfigError(f"model.forward: 'lean' supports plain {', '.join(SUPPORTED)} "
+                              f"(no LoRA, full attention), not {type(model).__name__}; "
+                              "use 'auto' or 'transformers'")  # fmt: skip
+        return "lean"
+    if choice != "auto":
+        raise ConfigError(f"model.forward: {choice!r} is not one of {FORWARDS}")
+    return "lean" if lean_by_default(model) and not distributed else "transformers"
 
 
 def forward_logits(
-    model: Any, batch: Batch, hidden: bool = False, start: int = 0
+    model: Any, batch: Batch, hidden: bool = False, start: int = 0, forward: str = "auto"
 ) -> tuple[torch.Tensor, Any]:
     """Logits at the positions that predict `batch.targets[:, start:]` [B, L−1−start, V] (and
     the last hidden state there). ``start = batch.first_target()`` leaves out the prompt
@@ -203,12 +230,13 @@ def forward_logits(
     TRL's ``logits_to_keep`` does (most of the head's work when prompts are long and the
     vocabulary is large).
 
-    With ``LEAN_TRAIN_FORWARD``, a plain Qwen2/Llama model runs ``train_forward`` (the same
+    `forward` "lean" (or "auto" where ``lean_by_default``) runs ``train_forward`` (the same
     computation without transformers' per-module overhead; ~15% less forward+backward time on
     CPU), or ``train_forward_shared`` when rows share prompts (each distinct prompt through
-    the layers once); wrapped (DDP, FSDP, peft), checkpointed or dropout-using models, and
-    other architectures, run their own forward."""
-    if LEAN_TRAIN_FORWARD and _lean_ok(model, batch):
+    the layers once); "transformers", wrapped (DDP, FSDP, peft), checkpointed or
+    dropout-using models, and other architectures run the model's own forward."""
+    lean = forward == "lean" or (forward == "auto" and AUTO_LEAN and lean_by_default(model))
+    if lean and _lean_ok(model, batch):
         logits, last = _lean_forward(model, batch, start)
         return logits[:, :-1], (last[:, :-1] if hidden else None)
     keep = {"logits_to_keep": batch.input_ids.shape[1] - start} if start else {}

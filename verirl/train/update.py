@@ -133,16 +133,19 @@ def sequence_logprobs(
     micro: int,
     value_head: ValueHead | None = None,
     temperature: float = 1.0,
+    forward: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log softmax(z / T)[target] for every position [B, T] (and V [B, T] with a value head),
     no grad. The reference model is scored at the same T as the policy (TRL and verl divide
-    its logits by the sampling temperature too), so the KL compares two tempered policies."""
+    its logits by the sampling temperature too), so the KL compares two tempered policies.
+    `forward`: ``forward_logits``' choice, the same for π_old, π_ref and π_θ."""
     logps, values = [], []
     width = batch.targets.shape[1]
     for s in range(0, batch.targets.shape[0], micro):
         mb = batch.slice(slice(s, s + micro))
         first = mb.first_target()  # prompt columns left of it: 0, never read (masked)
-        logits, h = forward_logits(model, mb, hidden=value_head is not None, start=first)
+        logits, h = forward_logits(model, mb, hidden=value_head is not None, start=first,
+                                   forward=forward)  # fmt: skip
         lp = token_logprobs(logits, mb.targets[:, first:], temperature=temperature)
         logps.append(torch.nn.functional.pad(lp, (first, width - first - lp.shape[1])))
         if value_head is not None:
@@ -236,6 +239,7 @@ def policy_update(
     normalizers: tuple[float, float],
     no_sync: Callable[[bool], AbstractContextManager[Any]],
     rows: torch.Tensor | None = None,
+    forward: str = "auto",
 ) -> dict[str, float]:
     """One optimisation pass over the batch with gradient accumulation (the caller steps).
 
@@ -249,6 +253,7 @@ def policy_update(
     gradient all-reduce on all but the last (``distributed.no_sync_if``). `rows`: the rows to
     run (``rows_to_train``; default all), `micro` at a time. Entropy and the TIS weight are
     means over the tokens of the rows run; the losses and clip fraction are over the batch.
+    `forward`: ``forward_logits``' choice (``resolve_forward``), as for π_old and π_ref.
     """
     assert ro.adv is not None
     b = ro.batch
@@ -260,7 +265,7 @@ def policy_update(
     for s0 in range(0, len(rows), micro):
         with no_sync(s0 + micro < len(rows)):
             _micro_step(model, ro, algo, rows[s0 : s0 + micro], max_new_tokens, value_head,
-                        n_tok, n_seq, acc)  # fmt: skip
+                        n_tok, n_seq, acc, forward)  # fmt: skip
     for k in ("entropy", "tis_weight"):  # sums over the rows run -> their token means
         if k in acc:
             acc[k] /= max(run_tokens, 1.0)
@@ -279,6 +284,7 @@ def _micro_step(
     n_tok: float,
     n_seq: float,
     acc: dict[str, float],
+    forward: str = "auto",
 ) -> None:
     """Forward and backward of the micro-batch of rows `idx`; adds its metrics into `acc`."""
     assert ro.adv is not None
@@ -286,7 +292,8 @@ def _micro_step(
     # columns first…w: from the first completion token of any row to the longest row's end
     first, w = mb.first_target(), mb.targets.shape[1]
     cols = slice(first, w)
-    logits, h = forward_logits(model, mb, hidden=value_head is not None, start=first)
+    logits, h = forward_logits(model, mb, hidden=value_head is not None, start=first,
+                               forward=forward)  # fmt: skip
     logp, ent = token_logprobs_and_entropy(logits, mb.targets[:, cols],
                                            temperature=ro.temperature)  # fmt: skip
     old = _rows(ro.old_logp, idx, cols)
