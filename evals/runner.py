@@ -34,6 +34,7 @@ from verirl.evals.suite import SuiteConfig
 from verirl.config import dump_config
 from verirl.errors import ConfigError, DataError, UserError
 from verirl.jsonl import atomic_writer
+from verirl.progress import Progress
 
 CACHE_VERSION = 1
 
@@ -193,14 +194,18 @@ def sample_model(
         _repair_torn_tail(path)
         engine, tok = open_engine(backend, model_path, suite, out_dir)
         try:
+            check_context(name, model_path, [p for c in todo for p in c], tok, suite)
             n_todo = sum(map(len, todo))
-            title = f"{name}: sampling {n_todo} problems x {suite.n}"
-            with _progress(progress, title, n_todo) as advance:
+            title = f"{name}: sampling x {suite.n}"
+            correct = samples = 0
+            with Progress(title, n_todo, unit="problem", enabled=progress) as bar:
                 for chunk in todo:
                     for rec in _sample_chunk(chunk, engine, tok, suite, envs):
                         _append(path, rec)
                         cached[(rec["env"], rec["problem_id"])] = rec
-                    advance(len(chunk))
+                        correct += sum(s["status"] == "correct" for s in rec["samples"])
+                        samples += len(rec["samples"])
+                    bar.update(len(chunk), f"correct {correct / max(samples, 1):.3f}")
         finally:
             engine.close()
     records = []
@@ -210,6 +215,47 @@ def sample_model(
             problem_record(name, p.env_key, p.problem_id, [s["status"] for s in rec["samples"]])
         )
     return records
+
+
+def context_length(model_path: str | Path, suite: SuiteConfig) -> int | None:
+    """Tokens the engine holds: the suite's ``vllm.max_model_len`` when set (vllm backend),
+    else the model config's ``max_position_embeddings``; None when neither is known."""
+    if suite.backend == "vllm" and suite.vllm.get("max_model_len"):
+        return int(suite.vllm["max_model_len"])
+    cfg_file = Path(model_path) / "config.json"
+    if cfg_file.is_file():
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        n = cfg.get("max_position_embeddings") or cfg.get("text_config", {}).get(
+            "max_position_embeddings"
+        )
+        return int(n) if n else None
+    return None
+
+
+def check_context(
+    name: str, model_path: str | Path, problems: Sequence[Problem], tok: Any, suite: SuiteConfig
+) -> None:
+    """A prompt plus ``sampling.max_tokens`` longer than the model's context fails inside
+    either engine (vLLM raises mid-run); refuse before sampling, naming the keys to change.
+    Skipping would change pass@k's denominator, so it is an error, not a skip."""
+    context = context_length(model_path, suite)
+    if not context:
+        return
+    budget = context - suite.sampling.max_tokens
+    long = []
+    for p in problems:
+        text = render_prompt(p.prompt, tok, suite.chat_template)
+        n = len(tok(text, add_special_tokens=False)["input_ids"])
+        if n > budget:
+            long.append((p, n))
+    if long:
+        p, n = max(long, key=lambda x: x[1])
+        raise ConfigError(
+            f"model {name!r}: {len(long)} of {len(problems)} prompts plus sampling.max_tokens="
+            f"{suite.sampling.max_tokens} exceed its context of {context} tokens (longest: "
+            f"{p.env_key} {p.problem_id}, {n} prompt tokens); lower sampling.max_tokens=N, "
+            "set a size= without the long problems, or use a model with a longer context"
+        )
 
 
 def _sample_chunk(
@@ -282,27 +328,6 @@ def _strip_stop(text: str, stops: Sequence[str]) -> str:
 
 def _prompt_key(prompt: Prompt) -> str:
     return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
-
-
-class _progress:
-    """A rich progress bar (or nothing); its handle advances it by k finished problems."""
-
-    def __init__(self, enabled: bool, title: str, total: int) -> None:
-        self.enabled, self.title, self.total = enabled, title, total
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return lambda k: None
-        from rich.progress import Progress
-
-        self.bar = Progress(transient=False)
-        self.bar.start()
-        task = self.bar.add_task(self.title, total=self.total)
-        return lambda k: self.bar.update(task, advance=k)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.stop()
 
 
 def evaluate_models(

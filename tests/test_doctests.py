@@ -9,6 +9,9 @@ import pytest
 
 MODULES = [
     "verirl.config",
+    "verirl.progress",
+    "verirl.train.metrics",
+    "verirl.train.cli",
     "verirl.rewards.result",
     "verirl.envs.registry",
     "verirl.envs.arithmetic",
@@ -18,6 +21,8 @@ MODULES = [
     "verirl.algos.logprobs",
     "verirl.algos.losses",
     "verirl.algos.reference",
+    "verirl.algos.policy_losses",
+    "verirl.algos.shaping",
     "verirl.rewards.math_extract",
     "verirl.rewards.math_normalize",
     "verirl.rewards.math_equiv",

@@ -16,19 +16,23 @@ import torch
 
 from verirl.algos import sft_loss
 from verirl.config import write_resolved_config
-from verirl.errors import DataError
+from verirl.errors import ConfigError, DataError
 from verirl.jsonl import read_jsonl
+from verirl.progress import Progress
 from verirl.rollout.base import end_token_ids
+from verirl.rundir import clear_run_dir
 from verirl.train import checkpoint as ckpt
-from verirl.train.config import SftConfig
+from verirl.train.config import SftConfig, check_device
 from verirl.train.loop import lr_lambda, make_run_dir
-from verirl.train.metrics import MetricsLogger, plot_curves
+from verirl.train.metrics import SFT_CURVES, MetricsLogger, plot_curves
 from verirl.train.model import forward_logits, load_policy, pack, render_prompt
 
 
 def load_pairs(cfg: SftConfig, tok: object) -> list[tuple[str, str]]:
     """(prompt text, target text) pairs; a missing column raises DataError naming file/row."""
     if cfg.data.path is not None:
+        if not Path(cfg.data.path).is_file():
+            raise ConfigError(f"data.path: {cfg.data.path}: no such file")
         rows = read_jsonl(cfg.data.path)
         need = (cfg.data.prompt_field, cfg.data.completion_field)
         for i, row in enumerate(rows, 1):
@@ -42,7 +46,7 @@ def load_pairs(cfg: SftConfig, tok: object) -> list[tuple[str, str]]:
 
     env, rows = load_env(cfg)
     field = cfg.data.target_field
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows, 1):
         if field not in row:
             raise DataError(
                 f"env {cfg.env.name!r} split {cfg.env.split!r}: row {i}: missing field "
@@ -53,12 +57,14 @@ def load_pairs(cfg: SftConfig, tok: object) -> list[tuple[str, str]]:
     ]
 
 
-def sft(cfg: SftConfig) -> Path:
-    """Train and save ``<run>/final`` (model + tokenizer); returns the run directory."""
+def sft(cfg: SftConfig, overwrite: bool = False, unique: bool = False) -> Path:
+    """Train and save ``<run>/final`` (model + tokenizer); returns the run directory, chosen
+    as ``verirl train`` chooses its own (`overwrite`, `unique`: see ``verirl.rundir``)."""
     t = cfg.train
+    check_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
-    run_dir = make_run_dir(cfg, resume=False)
+    run_dir = make_run_dir(cfg, overwrite, unique)
     ckpt.seed_everything(t.seed)
     model, tok = load_policy(cfg.model, t.device)
     pairs = load_pairs(cfg, tok)  # validated before the run dir exists
@@ -71,8 +77,11 @@ def sft(cfg: SftConfig) -> Path:
          tok(c, add_special_tokens=False)["input_ids"] + [end])
         for p, c in pairs
     ]  # fmt: skip
+    clear_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = cfg.model_copy(update={"run_dir": str(run_dir.parent), "name": run_dir.name})
     write_resolved_config(cfg, run_dir)
+    print(f"run dir: {run_dir}", flush=True)
     log = MetricsLogger(run_dir, cfg.log.tensorboard)
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay
@@ -81,6 +90,7 @@ def sft(cfg: SftConfig) -> Path:
     rng = random.Random(t.seed)
     order: list[int] = []
     model.train()
+    progress = Progress("sft", t.steps, enabled=cfg.log.progress)
     try:
         for step in range(t.steps):
             t0 = time.perf_counter()
@@ -103,11 +113,13 @@ def sft(cfg: SftConfig) -> Path:
             log.log({"step": step + 1, "loss": float(loss.detach()), "grad_norm": grad_norm,
                      "lr": sched.get_last_lr()[0], "step_seconds": seconds,
                      "tokens_per_s": float(batch.attention_mask.sum()) / seconds})  # fmt: skip
+            progress.update(1, {"loss": float(loss.detach())})
     finally:
+        progress.close()
         log.close()
     final = run_dir / "final"
     shutil.rmtree(final, ignore_errors=True)
     model.save_pretrained(str(final))
     tok.save_pretrained(str(final))
-    plot_curves(run_dir, ("loss",), name="loss_curve")
+    plot_curves(run_dir, SFT_CURVES, f"{run_dir.name}_curves", run_dir.name)
     return run_dir
