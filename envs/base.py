@@ -74,9 +74,9 @@ class Environment(ABC):
 
     # ---- helpers ------------------------------------------------------------------------------
     def validate_rows(self, rows: Sequence[Row], source: str, extra: Sequence[str] = ()) -> None:
-        """Raise DataError naming the source, row index and missing field."""
+        """Raise DataError naming the source, row number (from 1, as everywhere) and field."""
         needed = (*self.fields, *extra)
-        for i, row in enumerate(rows):
+        for i, row in enumerate(rows, 1):
             for f in needed:
                 if f not in row:
                     raise DataError(

@@ -5,15 +5,28 @@ A separate pip package adds an environment by declaring, in its pyproject.toml::
     [project.entry-points."verirl.envs"]
     my_env = "my_pkg.envs:MyEnv"      # an Environment subclass, or a module that registers some
 
+An environment can also be named by where it lives, wherever a name is taken (``env.name`` in a
+config, ``verirl score``, ``verirl eval --env``, ``verirl envs show``):
+
+    my_envs.py:Echo            # a Python file (relative to the current directory, or to the
+                               # config file that names it) and a class in it
+    my_package.envs:Echo       # an importable module and a class (the current directory is
+                               # searched too, as ``python -m`` does)
+
 Nothing here imports torch: ``verirl envs list`` stays fast.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import importlib
+import importlib.util
 import inspect
+import sys
 import warnings
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, TypeVar
 
 from verirl.envs.base import Environment
@@ -92,16 +105,127 @@ def available_envs() -> dict[str, type[Environment]]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def env_options(cls: type[Environment]) -> list[tuple[str, str, str]]:
+    """(name, type, default) of each constructor option, for ``verirl envs show``.
+
+    >>> from verirl.envs.arithmetic import ArithmeticEnv
+    >>> env_options(ArithmeticEnv)[:2]
+    [('seed', 'int', '0'), ('train_size', 'int', '2000')]
+    """
+    out = []
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        ann = p.annotation
+        kind = (
+            ""
+            if ann is p.empty
+            else ann
+            if isinstance(ann, str)
+            else getattr(ann, "__name__", str(ann))
+        )
+        default = "(required)" if p.default is p.empty else repr(p.default)
+        out.append((p.name, str(kind), default))
+    return out
+
+
 def env_source(name: str) -> str:
     _load()
     return _SOURCES.get(name, "?")
 
 
 def get_env_class(name: str) -> type[Environment]:
+    """A registered name, or ``file.py:Class`` / ``module:Class`` (see the module docstring)."""
+    if ":" in name:
+        return load_env_class(name)
     envs = available_envs()
     if name not in envs:
-        raise ConfigError(f"unknown environment {name!r}; registered: {', '.join(envs) or 'none'}")
+        near = difflib.get_close_matches(name, list(envs), n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ConfigError(
+            f"unknown environment {name!r}; {hint}registered: {', '.join(envs) or 'none'}; "
+            "one in a file of yours: my_envs.py:ClassName (or my_package.module:ClassName)"
+        )
     return envs[name]
+
+
+def load_env_class(spec: str) -> type[Environment]:
+    """The Environment subclass named by ``path/to/file.py:Class`` or ``pkg.module:Class``."""
+    where, _, attr = spec.rpartition(":")
+    if not where or not attr:
+        raise ConfigError(f"environment {spec!r}: expected file.py:ClassName or module:ClassName")
+    module = _import_file(spec, where) if where.endswith(".py") else _import_module(spec, where)
+    obj = getattr(module, attr, None)
+    if obj is None:
+        found = sorted(
+            n
+            for n, v in vars(module).items()
+            if inspect.isclass(v)
+            and issubclass(v, Environment)
+            and v is not Environment
+            and v.__module__ == module.__name__
+        )
+        raise ConfigError(
+            f"environment {spec!r}: {where} has no {attr!r}; its environments: "
+            f"{', '.join(found) or 'none'}"
+        )
+    if not (inspect.isclass(obj) and issubclass(obj, Environment)):
+        raise ConfigError(f"environment {spec!r}: {attr} is not an Environment subclass")
+    env_cls: type[Environment] = obj
+    if not env_cls.name:
+        raise ConfigError(f"environment {spec!r}: {attr} has no `name`")
+    _SOURCES[env_cls.name] = spec
+    return env_cls
+
+
+def _import_file(spec: str, file: str) -> Any:
+    path = Path(file).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"environment {spec!r}: no such file {file}")
+    # One module per file (by its absolute path), so a file named twice is imported once.
+    mod_name = f"verirl_user_env_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise ConfigError(f"environment {spec!r}: cannot import {file}")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[mod_name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[mod_name]
+        raise ConfigError(
+            f"environment {spec!r}: {file} failed to import: {_where(e, path)}"
+        ) from None
+    return module
+
+
+def _import_module(spec: str, name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        top = name.split(".")[0]
+        if e.name != top or str(Path.cwd()) in sys.path:
+            raise ConfigError(f"environment {spec!r}: {e}") from None
+    sys.path.append(str(Path.cwd()))  # as `python -m` would find it
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        raise ConfigError(
+            f"environment {spec!r}: {e} (searched the installed packages and {Path.cwd()})"
+        ) from None
+    except Exception as e:
+        raise ConfigError(f"environment {spec!r}: {name} failed to import: {e!r}") from None
+
+
+def _where(e: BaseException, path: Path) -> str:
+    """``NameError: name 'x' is not defined (line 12)``: the exception and its line in `path`."""
+    import traceback
+
+    line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__))
+                 if Path(f.filename).resolve() == path), getattr(e, "lineno", None))  # fmt: skip
+    return f"{type(e).__name__}: {e}" + (f" (line {line})" if line else "")
 
 
 def make_env(name: str, **options: Any) -> Environment:
@@ -113,8 +237,11 @@ def make_env(name: str, **options: Any) -> Environment:
         allowed = [p for p in params if p != "self"]
         for key in options:
             if key not in allowed:
+                near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                hint = f"did you mean {near[0]!r}? " if near else ""
                 raise ConfigError(
-                    f"environment {name!r} has no option {key!r}; options: {', '.join(allowed) or 'none'}"
+                    f"environment {name!r} has no option {key!r}; {hint}"
+                    f"options: {', '.join(allowed) or 'none'}"
                 )
     try:
         return cls(**options)

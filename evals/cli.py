@@ -8,6 +8,7 @@ verirl eval --samples samples.jsonl --env humaneval --out runs/he options.sandbo
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,44 @@ def parse_models(specs: list[str]) -> dict[str, str]:
     return models
 
 
+def choose_out_dir(
+    out: str | None, default: str, identity: dict[str, Any], overwrite: bool
+) -> Path:
+    """Where an evaluation writes. A folder holding this same evaluation (same `identity`:
+    suite, sampling and models, or samples file and env), or an unfinished one, is reused: its
+    cache makes a re-run free and an interrupted run resume. One holding another evaluation is
+    replaced only with `overwrite`; the default folder then moves aside to a timestamped name,
+    an explicit ``--out`` is an error."""
+    from verirl.rundir import claim_run_dir, clear_run_dir, occupied
+
+    path = Path(out or default)
+    summary = path / "summary.json"
+    if not occupied(path) or not summary.is_file():
+        return path
+    try:
+        meta = json.loads(summary.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        meta = {}
+
+    def same(key: str, want: Any) -> bool:  # summary.json keeps model names, not paths
+        got = meta.get(key)
+        return sorted(got or {}) == sorted(want) if key == "models" else got == want
+
+    if all(same(k, v) for k, v in identity.items()):
+        print(f"{path} holds this evaluation already: reusing it (its cache answers)")
+        return path
+    if not overwrite and out is not None:
+        raise UserError(
+            f"--out {path} holds another evaluation ({meta.get('suite')}, models "
+            f"{', '.join(meta.get('models') or {}) or '?'}): --overwrite replaces it, or give "
+            "another --out"
+        )
+    chosen = claim_run_dir(path, overwrite=overwrite, unique=True)
+    if overwrite:
+        clear_run_dir(chosen)
+    return chosen
+
+
 def eval_command(args: argparse.Namespace) -> int:
     if args.samples:
         return _samples(args)
@@ -52,7 +91,14 @@ def eval_command(args: argparse.Namespace) -> int:
         raise UserError("verirl eval SUITE: give at least one --model PATH (repeatable)")
     suite = load_suite(args.suite, args.overrides)
     models = parse_models(args.model)
-    out = Path(args.out or f"runs/eval/{suite.name}")
+    if args.backend is not None and args.backend != suite.backend:
+        suite = suite.model_copy(update={"backend": args.backend})
+    identity = {
+        "suite": suite.name,
+        "sampling_hash": suite.sampling_hash(),
+        "models": sorted(models),
+    }
+    out = choose_out_dir(args.out, f"runs/eval/{suite.name}", identity, args.overwrite)
     summary = evaluate_models(suite, models, out, backend=args.backend)
     _print_summary(summary, out)
     return 0
@@ -69,7 +115,8 @@ def _samples(args: argparse.Namespace) -> int:
         args.suite = None
     if args.suite or args.model:
         raise UserError("--samples scores a file: give no SUITE and no --model with it")
-    out = Path(args.out or f"runs/eval/{Path(args.samples).stem}")
+    identity = {"samples": str(args.samples), "env": args.env}
+    out = choose_out_dir(args.out, f"runs/eval/{Path(args.samples).stem}", identity, args.overwrite)
     summary = score_samples(args.samples, args.env, out, overrides)
     _print_summary(summary, out)
     return 0
@@ -90,4 +137,4 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     console.print(table)
     for c in summary["crossovers"]:
         console.print(c["text"])
-    console.print(f"wrote {out}/results.jsonl, summary.json, passk.png, report.md")
+    console.print(f"wrote {out}: results.jsonl, summary.json, passk.png, report.md")

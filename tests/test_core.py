@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -235,7 +236,7 @@ def test_score_cli_bad_rows(tmp_path):
     out = tmp_path / "out.jsonl"
     r = run_cli("score", "arithmetic", "--input", str(f), "--output", str(out))
     assert r.returncode == 2
-    assert "row 1: missing field 'answer'" in r.stderr
+    assert "row 2: missing field 'answer'" in r.stderr
     assert not out.exists()
     f.write_text('{"question": "1+1"\n')
     r = run_cli("score", "arithmetic", "--input", str(f), "--output", str(out))
@@ -269,3 +270,92 @@ def test_written_outputs_are_not_private(tmp_path):
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+ECHO_ENV = """
+from verirl.envs import Environment, register_env
+from verirl.rewards import RewardResult
+
+
+@register_env
+class Echo(Environment):
+    name = "echo"
+    description = "Reward 1 when the completion repeats the text."
+    reward_kinds = ("exact-match",)
+    fields = ("text",)
+
+    def __init__(self, data: str = "rows.jsonl"):
+        self.data = data
+
+    def rows(self, split="train"):
+        from verirl.jsonl import read_jsonl
+
+        return read_jsonl(self.data)
+
+    def prompt(self, row):
+        return row["text"]
+
+    def score(self, completion, row):
+        ok = completion.strip() == row["text"]
+        return RewardResult(float(ok), "correct" if ok else "incorrect")
+"""
+
+
+def test_environment_by_file_path_or_module_in_every_command(tmp_path):
+    (tmp_path / "echo_env.py").write_text(ECHO_ENV)
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "envs.py").write_text(ECHO_ENV)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "hi", "completion": "hi"}\n{"text": "yo", "completion": "no"}\n')
+    for spec in ("echo_env.py:Echo", "mypkg.envs:Echo"):
+        r = run_cli("score", spec, "--input", "rows.jsonl", "--output", f"{spec[:4]}.jsonl",
+                    cwd=tmp_path)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert [x["reward"] for x in read_jsonl(tmp_path / f"{spec[:4]}.jsonl")] == [1.0, 0.0]
+    r = run_cli("envs", "show", "echo_env.py:Echo", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "name:         echo" in r.stdout and "source:       echo_env.py:Echo" in r.stdout
+    assert "data  str = 'rows.jsonl'" in r.stdout
+    for spec, message in [
+        ("nope.py:Echo", "no such file nope.py"),
+        ("echo_env.py:Ech", "has no 'Ech'; its environments: Echo"),
+        ("no_such_module:Echo", "No module named 'no_such_module'"),
+    ]:
+        r = run_cli("envs", "show", spec, cwd=tmp_path)
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+    (tmp_path / "broken.py").write_text("import os\n\nundefined_name\n")
+    r = run_cli("envs", "show", "broken.py:Echo", cwd=tmp_path)
+    assert r.returncode == 2 and "NameError" in r.stderr and "(line 3)" in r.stderr
+
+
+def test_envs_show_lists_options_and_row_fields_that_match_the_example():
+    for name in ("arithmetic", "math", "humaneval"):
+        r = run_cli("envs", "show", name)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        fields = next(x for x in lines if x.startswith("row fields:")).split(":", 1)[1]
+        example = json.loads(
+            next(x for x in lines if x.startswith("example row:")).split(":", 1)[1]
+        )
+        listed = fields.split("(required")[0].replace(",", " ").split()
+        assert set(example) <= set(listed), (name, listed, list(example))
+    r = run_cli("envs", "show", "arithmetic")
+    assert re.search(r"^  max_operand +int = 30$", r.stdout, re.M), r.stdout
+    assert re.search(r"^  ops +str = '\+'$", r.stdout, re.M)
+
+
+def test_score_humaneval_accepts_task_id_and_completion_rows(tmp_path):
+    rows = tmp_path / "samples.jsonl"
+    rows.write_text(
+        json.dumps({"task_id": "HumanEval/0", "completion": "    return False\n"}) + "\n"
+        + json.dumps({"task_id": "HumanEval/2", "completion": "    return number % 1.0\n"}) + "\n"
+    )  # fmt: skip
+    out = tmp_path / "scored.jsonl"
+    r = run_cli("score", "humaneval", "--input", str(rows), "--output", str(out),
+                "--sandbox", "process", "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    scored = read_jsonl(out)
+    assert [s["task_id"] for s in scored] == ["HumanEval/0", "HumanEval/2"]
+    assert [s["status"] for s in scored] == ["incorrect", "correct"]
+    assert "prompt" not in scored[0]  # the output is the input row plus the verdict

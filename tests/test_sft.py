@@ -55,4 +55,4 @@ def test_sft_on_jsonl_lowers_loss_and_saves_model(tiny_model_dir, tmp_path):
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
     model = AutoModelForCausalLM.from_pretrained(run_dir / "final")
-    assert model.config.vocab_size > 0 and (run_dir / "loss_curve.png").is_file()
+    assert model.config.vocab_size > 0 and (run_dir / f"{run_dir.name}_curves.png").is_file()

@@ -35,7 +35,8 @@ def test_one_grpo_step_changes_every_trainable_parameter(tiny_model_dir, tmp_pat
     for key in ("reward_mean", "pass_rate", "loss", "clip_frac", "entropy", "grad_norm",
                 "response_length", "step_seconds", "tokens_per_s", "reward/ascii"):  # fmt: skip
         assert key in row, key
-    assert (run_dir / "config.yaml").is_file() and (run_dir / "reward_curve.png").is_file()
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / f"{run_dir.name}_curves.png").is_file()
     assert (run_dir / "checkpoints" / "step-1" / "trainer_state.pt").is_file()
     assert json.loads((run_dir / "samples.jsonl").read_text().splitlines()[0])["completion"] != ""
 

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from verirl.cli import main
+from verirl.train.metrics import read_metrics
 
 
 def _config(path, tiny_model_dir, tmp_path, **extra):
@@ -81,11 +82,50 @@ def test_existing_run_dir_and_resume_without_checkpoint(tiny_model_dir, tmp_path
     cfg = _config(tmp_path / "c.yaml", tiny_model_dir, tmp_path)
     (tmp_path / "runs" / "bad").mkdir(parents=True)
     (tmp_path / "runs" / "bad" / "keep.txt").write_text("x")
-    assert main(["train", cfg]) == 2
-    assert "exists" in capsys.readouterr().err
+    # a name given on the command line is never moved aside, nor is anything replaced
+    assert main(["train", cfg, "name=bad"]) == 2
+    err = capsys.readouterr().err
+    assert "exists: --overwrite replaces it, name=OTHER writes beside it" in err
+    assert main(["train", cfg, "name=bad", "--overwrite"]) == 2  # not a run dir: kept
+    assert "not a verirl run directory" in capsys.readouterr().err
     assert main(["train", cfg, "--resume", str(tmp_path / "runs" / "bad")]) == 2
     assert "config.yaml" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "runs" / "bad").iterdir()) == ["keep.txt"]
+    # a run that died before its first checkpoint: --resume names the one flag that restarts it
+    dead = tmp_path / "runs" / "dead"
+    dead.mkdir()
+    (dead / "config.yaml").write_text(yaml.safe_dump({**yaml.safe_load(open(cfg)), "name": "dead"}))
+    assert main(["train", "--resume", str(dead)]) == 2
+    err = capsys.readouterr().err
+    restart = f"verirl train {dead / 'config.yaml'} --overwrite"
+    assert restart in err
+    assert main(restart.split()[1:]) == 0
+    assert (dead / "final").is_dir() and (dead / "checkpoints" / "step-1").is_dir()
+
+
+def test_resume_needs_no_config_lists_overrides_and_refuses_another_config(
+    tiny_model_dir, tmp_path, capsys
+):
+    cfg = _config(tmp_path / "c.yaml", tiny_model_dir, tmp_path)
+    assert main(["train", cfg]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs" / "bad"
+    assert f"run dir: {run}" in out and f"wrote {run}" in out
+    assert main(["train", "--resume", str(run), "train.steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming {run} from step 1" in out and "resume overrides: train.steps=2" in out
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+    other = _config(tmp_path / "other.yaml", tiny_model_dir, tmp_path,
+                    env={"name": "arithmetic", "options": {"train_size": 30, "test_size": 5}})  # fmt: skip
+    assert main(["train", other, "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "differs from" in err and "env.options.train_size: 30 != 20" in err
+    # the same config is fine; a second plain run moves aside instead of failing
+    assert main(["train", cfg, "--resume", str(run), "train.steps=2"]) == 0
+    capsys.readouterr()
+    assert main(["train", cfg]) == 0
+    assert "exists; this run writes to" in capsys.readouterr().out
+    assert len(list((tmp_path / "runs").glob("bad-*"))) == 1
 
 
 def _sft_config(tmp_path, tiny_model_dir, data):

@@ -1,5 +1,7 @@
-"""Resume exactness: SIGKILL a `verirl train` subprocess after its first checkpoint, resume it
-with --resume, and check metrics.jsonl equals an unbroken run's at every step."""
+"""Resume exactness: stop a `verirl train` subprocess (SIGKILL after its first checkpoint, or
+SIGINT/SIGTERM anywhere: a checkpoint at the next step boundary), resume it with
+`verirl train --resume RUN` (no config: the run's own), and check metrics.jsonl equals an
+unbroken run's at every step."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import vr_train_envs
 import yaml
 
@@ -30,23 +33,38 @@ def _cli(*args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def _config(tiny_model_dir: Path, tmp_path: Path, name: str) -> Path:
+def _config(tiny_model_dir: Path, tmp_path: Path, name: str, save_every: int = 2) -> Path:
     cfg = vr_train_envs.train_config(
         tiny_model_dir,
         tmp_path,
         name=name,
         env={"name": "test-ascii-fraction", "options": {"delay": 0.01}},
         algo={"batch_size": 16, "group_size": 4, "beta": 0.05, "reference": "ema"},
-        train={"steps": 8, "lr": 2e-2, "save_every": 2, "threads": 1, "micro_batch_size": 8},
-    )
+        train={"steps": 8, "lr": 2e-2, "save_every": save_every, "threads": 1,
+               "micro_batch_size": 8},
+    )  # fmt: skip
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-def test_sigkilled_run_resumes_exactly(tiny_model_dir, tmp_path):
+def strip(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def unbroken(tiny_model_dir, tmp_path_factory) -> list[dict]:
+    """metrics.jsonl of the run that nothing stops, to compare the resumed ones with."""
+    tmp = tmp_path_factory.mktemp("unbroken")
+    run = _cli("train", str(_config(tiny_model_dir, tmp, "unbroken")))
+    assert run.wait(timeout=300) == 0, run.stderr.read().decode()  # type: ignore[union-attr]
+    rows = read_metrics(tmp / "unbroken")
+    assert len({r["reward_mean"] for r in rows}) > 1  # the compared numbers do move
+    return strip(rows)
+
+
+def test_sigkilled_run_resumes_exactly(tiny_model_dir, tmp_path, unbroken):
     killed = _cli("train", str(_config(tiny_model_dir, tmp_path, "killed")))
-    unbroken = _cli("train", str(_config(tiny_model_dir, tmp_path, "unbroken")))
     first_ckpt = tmp_path / "killed" / "checkpoints" / "step-2"
     deadline = time.monotonic() + 300
     while not first_ckpt.exists():
@@ -57,15 +75,40 @@ def test_sigkilled_run_resumes_exactly(tiny_model_dir, tmp_path):
     assert killed.wait() == -signal.SIGKILL
     partial = read_metrics(tmp_path / "killed")
     assert len(partial) < 8  # it really died mid-way
-    resumed = _cli("train", "unused.yaml", "--resume", str(tmp_path / "killed"))
+    resumed = _cli("train", "--resume", str(tmp_path / "killed"))
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()  # type: ignore[union-attr]
-    assert unbroken.wait(timeout=300) == 0, unbroken.stderr.read().decode()  # type: ignore[union-attr]
     got = read_metrics(tmp_path / "killed")
-    want = read_metrics(tmp_path / "unbroken")
     assert [r["step"] for r in got] == list(range(1, 9))
+    assert strip(got) == unbroken
 
-    def strip(rows: list[dict]) -> list[dict]:
-        return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
-    assert strip(got) == strip(want)
-    assert len({r["reward_mean"] for r in want}) > 1  # the compared numbers do move
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_run_checkpoints_at_the_step_boundary_and_resumes_exactly(
+    tiny_model_dir, tmp_path, unbroken, signum
+):
+    run_dir = tmp_path / "stopped"
+    # save_every 0: the only checkpoint before the end is the one the signal asks for
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, "train", str(_config(tiny_model_dir, tmp_path, "stopped", 0))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signum)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err.decode()
+    done = len(read_metrics(run_dir))
+    assert 2 <= done < 8  # stopped mid-way, at a step boundary
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [f"step-{done}"]
+    assert not (run_dir / "final").exists()
+    assert f"continue with: verirl train --resume {run_dir}" in err.decode()
+    resumed = subprocess.run([sys.executable, "-c", LAUNCH, "train", "--resume", str(run_dir)],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run_dir} from step {done}" in resumed.stdout
+    assert strip(read_metrics(run_dir)) == unbroken

@@ -49,14 +49,24 @@ def _envs_list(args: argparse.Namespace) -> int:
 
 
 def _envs_show(args: argparse.Namespace) -> int:
-    from verirl.envs.registry import env_source, get_env_class
+    from verirl.envs.registry import env_options, env_source, get_env_class
 
     cls = get_env_class(args.name)
     print(f"name:         {cls.name}")
     print(f"description:  {cls.description}")
     print(f"reward kinds: {', '.join(cls.reward_kinds)}")
-    print(f"row fields:   {', '.join(cls.fields)}")
+    # The example row's columns and the required ones, in one list that agrees with the row.
+    fields = list(dict.fromkeys([*cls.example_row, *cls.fields]))
+    optional = [f for f in fields if f not in cls.fields]
+    note = f"  (required: {', '.join(cls.fields) or 'none'})" if optional else ""
+    print(f"row fields:   {', '.join(fields)}{note}")
     print(f"source:       {env_source(cls.name)}")
+    options = env_options(cls)
+    if options:
+        print("options (env.options.NAME in a config, --option NAME=VALUE in `verirl score`):")
+        width = max(len(n) for n, _, _ in options)
+        for n, kind, default in options:
+            print(f"  {n:<{width}}  {kind or '?'} = {default}")
     if cls.example_row:
         env: Any = cls.__new__(cls)  # a prompt needs no dataset: skip __init__'s loading
         try:
@@ -73,17 +83,45 @@ def _envs_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts such as ``--workers``: 0 or less is refused (exit code 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def check_output_file(path: str, overwrite: bool, flag: str = "--output") -> None:
+    """An output file goes into an existing directory and replaces a file only when asked."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise UserError(
+            f"{flag} {path}: directory {p.parent} does not exist; create it (mkdir -p "
+            f"{p.parent}) or write elsewhere"
+        )
+    if p.is_dir():
+        raise UserError(f"{flag} {path}: is a directory; give a file name")
+    if p.exists() and not overwrite:
+        raise UserError(f"{flag} {path} exists; --overwrite replaces it")
+
+
 def _score(args: argparse.Namespace) -> int:
     from verirl.config import parse_overrides
     from verirl.scoring import score_file
 
+    check_output_file(args.output, args.overwrite)
     options = parse_overrides(args.option or [])
     if args.sandbox:
         options["sandbox"] = args.sandbox
     counts = score_file(args.env, args.input, args.output, args.workers, options, not args.quiet)
     total = sum(counts.values())
     summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-    print(f"scored {total} rows -> {args.output} ({summary})")
+    print(f"scored {total} rows: wrote {args.output} ({summary})")
     return 0
 
 
@@ -96,13 +134,13 @@ def _sandbox(args: argparse.Namespace) -> int:
 def _sft(args: argparse.Namespace) -> int:
     from verirl.train.cli import sft_command
 
-    return sft_command(args.config, args.overrides)
+    return sft_command(args.config, args.overrides, overwrite=args.overwrite)
 
 
 def _train(args: argparse.Namespace) -> int:
     from verirl.train.cli import train_command
 
-    return train_command(args.config, args.overrides, resume=args.resume)
+    return train_command(args.config, args.overrides, resume=args.resume, overwrite=args.overwrite)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -149,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", required=True, help="JSONL output: input rows + reward/status/detail"
     )
     sc.add_argument("--sandbox", choices=["docker", "process", "auto"], help="code envs only")
-    sc.add_argument("--workers", type=int, default=None, help="concurrent checks")
+    sc.add_argument("--workers", type=positive_int, default=None, help="concurrent checks (>= 1)")
+    sc.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     sc.add_argument("--option", action="append", metavar="KEY=VALUE", help="environment option")
     sc.add_argument("--quiet", action="store_true", help="no progress bar")
     sc.set_defaults(func=_score)
@@ -164,16 +203,25 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", _train, "RL training (GRPO/PPO)"),
     ):
         t = sub.add_parser(name, help=what)
-        t.add_argument("config", help="YAML config file")
+        t.add_argument(
+            "config",
+            nargs="?" if name == "train" else None,
+            help="YAML config file" + (" (not needed with --resume)" if name == "train" else ""),
+        )
         t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+        t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
         if name == "train":
             t.add_argument(
-                "--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint"
+                "--resume",
+                metavar="RUN_DIR",
+                help="continue a run from its last checkpoint, with its own config",
             )
         t.set_defaults(func=func)
 
     de = sub.add_parser("demo", help="the built-in tiny end-to-end job (what `make demo` runs)")
-    de.add_argument("--out", default="runs/demo", help="output directory")
+    de.add_argument(
+        "--out", default="runs/demo", help="output directory (re-runs replace only its own files)"
+    )
     de.set_defaults(func=_demo)
 
     ev = sub.add_parser("eval", help="pass@k suites; or score samples made elsewhere")
@@ -183,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--env", help="environment for --samples")
     ev.add_argument("--out", help="output directory")
     ev.add_argument("--backend", choices=["hf", "vllm"], help="rollout engine (default: suite's)")
+    ev.add_argument(
+        "--overwrite", action="store_true", help="replace an --out holding another evaluation"
+    )
     ev.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="suite overrides")
     ev.set_defaults(func=_eval)
 

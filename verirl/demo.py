@@ -13,6 +13,9 @@
 
 RL sharpens sampling toward answers the base already finds (Yue et al. 2025): expect pass@1
 to rise a lot and pass@16 to move little.
+
+A re-run replaces only what the demo wrote (``DEMO_OUTPUTS``, recorded in ``.verirl-demo``);
+anything else in the output folder (a run of yours, say) stays.
 """
 
 from __future__ import annotations
@@ -28,6 +31,28 @@ CONFIG_DIRS = (
     Path(__file__).resolve().parent.parent / "configs",  # source checkout
     Path(__file__).resolve().parent / "configs",  # installed package data
 )
+
+
+# Everything the demo writes at the top of its output folder.
+DEMO_OUTPUTS = ("tiny-model", "sft_data.jsonl", "sft", "grpo", "eval", "summary.json", "report.md")
+MARKER = ".verirl-demo"
+
+
+def clear_demo_outputs(out: Path) -> list[str]:
+    """Delete what an earlier demo wrote in `out` (the names its marker lists, else
+    ``DEMO_OUTPUTS``); returns the names of the other entries, which are left alone."""
+    marker = out / MARKER
+    mine = set(DEMO_OUTPUTS)
+    if marker.is_file():
+        mine &= set(json.loads(marker.read_text()).get("outputs", DEMO_OUTPUTS))
+    kept = []
+    for entry in sorted(out.iterdir()) if out.is_dir() else []:
+        if entry.name in mine:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        elif entry.name != MARKER:
+            kept.append(entry.name)
+    marker.unlink(missing_ok=True)
+    return kept
 
 
 def config_path(name: str) -> Path:
@@ -71,30 +96,34 @@ def main(
     grpo_overrides: Sequence[str] = (),
     eval_overrides: Sequence[str] = (),
 ) -> int:
-    """Run the demo into `out_dir` (emptied first). The overrides (``key=value``) go to the SFT
-    config, the GRPO config and the eval suite; tests use them to shrink the job."""
+    """Run the demo into `out_dir` (an earlier demo's outputs there are replaced; nothing else
+    is touched). The overrides (``key=value``) go to the SFT config, the GRPO config and the
+    eval suite; tests use them to shrink the job."""
     from verirl.config import load_config
     from verirl.envs.registry import make_env
     from verirl.evals import run_suite
     from verirl.tiny import build_tiny_model
     from verirl.train.config import SftConfig, TrainConfig
     from verirl.train.loop import train
-    from verirl.train.metrics import plot_curves
     from verirl.train.sft import sft
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    shutil.rmtree(out, ignore_errors=True)  # the demo always starts from nothing
-    out.mkdir(parents=True)
+    kept = clear_demo_outputs(out)  # the demo starts from nothing of its own
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps({"outputs": list(DEMO_OUTPUTS)}) + "\n")
+    if kept:
+        print(f"{out}: leaving {', '.join(kept)} alone (not written by the demo)")
     print(f"[1/4] building a tiny Qwen2 in {out / 'tiny-model'}")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     build_tiny_model(out / "tiny-model", hidden_size=128, num_layers=2, seed=0)
-    common = [f"run_dir={out}"]
+    common = [f"run_dir={out}"]  # names below: runs/demo/sft and runs/demo/grpo
     print("[2/4] SFT warm start on imperfect demonstrations (configs/demo_sft.yaml)")
     sft_over = [
         *common,
+        "name=sft",
         f"model.path={out / 'tiny-model'}",
         f"data.path={out / 'sft_data.jsonl'}",
         *sft_overrides,
@@ -104,7 +133,7 @@ def main(
     sft(sft_cfg)
     t_sft = time.perf_counter() - t0
     print("[3/4] GRPO (configs/demo_grpo.yaml)")
-    grpo_over = [*common, f"model.path={out / 'sft/final'}", *grpo_overrides]
+    grpo_over = [*common, "name=grpo", f"model.path={out / 'sft/final'}", *grpo_overrides]
     grpo_cfg = load_config(TrainConfig, config_path("demo_grpo.yaml"), grpo_over)
     train(grpo_cfg)
     t_grpo = time.perf_counter() - t0 - t_sft
@@ -134,13 +163,13 @@ def main(
         "seconds_total": round(time.perf_counter() - t0, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_curves(out / "grpo", ("reward_mean", "entropy", "response_length"), "grpo_curves")
     shown = sorted({1, 16, k_hi} & set(ks))
     _report(out, summary, shown)
     for k in shown:
         for who in ("base", "trained"):
             print(f"{f'pass@{k}_{who}':>16}: {summary[f'pass@{k}_{who}']:.3f}")
     print(f"{'seconds_total':>16}: {summary['seconds_total']:.0f}")
+    print(f"wrote {out}: summary.json, report.md, sft/, grpo/ (grpo_curves.png), eval/")
     return 0
 
 

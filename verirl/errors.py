@@ -1,4 +1,7 @@
-"""Errors a user can fix. The CLI prints them in one line and exits with their code (2)."""
+"""Errors a user can fix. The CLI prints them in one line and exits with their code (2).
+
+Messages name the file, key or field and what to do. Rows and lines count from 1 everywhere
+(``rows.jsonl:3``, ``row 3``), as editors and ``sed -n 3p`` do."""
 
 from __future__ import annotations
 
@@ -15,3 +18,10 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A dataset row that cannot be used; the message names the file, row and field."""
+
+
+class Interrupted(UserError):
+    """SIGINT/SIGTERM stopped a run at a step boundary, after writing a checkpoint there; the
+    message says how to continue. Exit code 130, as for any shell command stopped by Ctrl-C."""
+
+    exit_code = 130

@@ -4,11 +4,17 @@ documented where it is declared; cross-field rules are checked here with message
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from verirl.config import StrictModel
+from verirl.config import StrictModel, looks_like_hub_id
+from verirl.errors import ConfigError
+
+# Inputs named in a config file resolve against the file's directory (see StrictModel); the
+# output folder `run_dir` is, like every output, relative to the current directory.
+PATH_KEYS = ("model.path", "env.name", "env.options.*")
 
 
 class LoraSection(StrictModel):
@@ -25,7 +31,7 @@ class LoraSection(StrictModel):
 
 
 class ModelSection(StrictModel):
-    path: str = Field(description="local HF model directory or hub id")
+    path: str = Field(description="local HF model directory or hub id (owner/name)")
     dtype: Literal["float32", "bfloat16"] = Field(
         default="float32", description="weight dtype; bfloat16 also turns on autocast"
     )
@@ -41,6 +47,21 @@ class ModelSection(StrictModel):
         "(verirl.lean_model: plain Qwen2/Qwen3/Llama, faster on CPU), or auto: lean on CPU "
         "in float32/bfloat16 for those architectures outside torchrun, transformers elsewhere",
     )
+
+    @field_validator("path")
+    @classmethod
+    def _local_or_hub_id(cls, v: str) -> str:
+        """A path that cannot be a hub id must exist: otherwise transformers' "Repo id must be
+        in the form ..." is all the user would see."""
+        p = Path(v).expanduser()
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{v!r} is a file; give the model's directory (with config.json)")
+        if not p.exists() and not looks_like_hub_id(v):
+            raise ValueError(
+                f"{v!r}: no such model directory (and not a hub id like owner/name); "
+                "build one first (`make demo` writes runs/demo/sft/final) or fix the path"
+            )
+        return v
 
 
 class EnvSection(StrictModel):
@@ -148,7 +169,7 @@ class TrainSection(StrictModel):
     save_every: int = Field(
         default=0, ge=0, description="checkpoint every N steps (0: only at the end)"
     )
-    device: str = Field(default="cpu", description="torch device")
+    device: str = Field(default="cpu", description="torch device: cpu, cuda, cuda:N, mps")
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads (None: default)")
 
 
@@ -176,8 +197,16 @@ class DistributedSection(StrictModel):
 class TrainConfig(StrictModel):
     """``verirl train``: RL from verifiable rewards."""
 
-    name: str = Field(default="train", description="run name: the run dir is <run_dir>/<name>")
-    run_dir: str = Field(default="runs", description="parent folder of run directories")
+    path_keys: ClassVar[tuple[str, ...]] = PATH_KEYS
+
+    name: str = Field(
+        default="train",
+        description="run name: the run dir is <run_dir>/<name>; when it exists and the name "
+        "was not given on the command line, <name>-<timestamp> is used instead",
+    )
+    run_dir: str = Field(
+        default="runs/train", description="parent folder of run directories (cwd-relative)"
+    )
     model: ModelSection
     env: EnvSection
     rollout: RolloutSection = Field(default_factory=RolloutSection)
@@ -237,10 +266,43 @@ class SftTrain(StrictModel):
 class SftConfig(StrictModel):
     """``verirl sft``: supervised warm start with the prompt masked out of the loss."""
 
-    name: str = Field(default="sft", description="run name: the run dir is <run_dir>/<name>")
-    run_dir: str = Field(default="runs", description="parent folder of run directories")
+    path_keys: ClassVar[tuple[str, ...]] = (*PATH_KEYS, "data.path")
+
+    name: str = Field(
+        default="sft",
+        description="run name: the run dir is <run_dir>/<name> (see TrainConfig.name)",
+    )
+    run_dir: str = Field(
+        default="runs/sft", description="parent folder of run directories (cwd-relative)"
+    )
     model: ModelSection
     env: EnvSection
     data: SftData = Field(default_factory=SftData)
     train: SftTrain = Field(default_factory=SftTrain)
     log: LogSection = Field(default_factory=LogSection)
+
+
+def check_device(device: str, key: str = "train.device") -> None:
+    """A device this machine has, else ConfigError naming the key (not torch's AssertionError
+    deep inside model loading)."""
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind == "cpu" and not index:
+        return
+    if kind == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            build = "a CPU-only build" if torch.version.cuda is None else "no visible GPU"
+            raise ConfigError(
+                f"{key}={device}: no CUDA device here (torch {torch.__version__}, {build}); "
+                f"use {key}=cpu, or install a CUDA build of torch"
+            )
+        if index and (not index.isdigit() or int(index) >= n):
+            raise ConfigError(f"{key}={device}: this machine has cuda:0..cuda:{n - 1}")
+        return
+    if kind == "mps" and not index:
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"{key}={device}: MPS is not available here; use {key}=cpu")
+        return
+    raise ConfigError(f"{key}={device!r}: not a device; use cpu, cuda, cuda:N or mps")

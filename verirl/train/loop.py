@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import shutil
+import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,13 +29,15 @@ import torch
 from verirl.config import write_resolved_config
 from verirl.envs.base import Environment
 from verirl.envs.registry import make_env
-from verirl.errors import ConfigError, UserError
+from verirl.errors import ConfigError, DataError, Interrupted, UserError
+from verirl.progress import Progress
 from verirl.rollout import RolloutEngine, SamplingParams, make_engine
 from verirl.rollout.base import logprob_temperature
+from verirl.rundir import claim_run_dir, clear_run_dir
 from verirl.train import checkpoint as ckpt
 from verirl.train import distributed as dist
-from verirl.train.config import TrainConfig
-from verirl.train.metrics import MetricsLogger, plot_curves
+from verirl.train.config import TrainConfig, check_device
+from verirl.train.metrics import TRAIN_CURVES, MetricsLogger, plot_curves
 from verirl.train.model import Reference, ValueHead, load_policy, render_prompt, resolve_forward
 from verirl.train.update import (
     Rollout,
@@ -89,24 +93,73 @@ def lr_lambda(schedule: str, warmup: int, total: int) -> Any:
     return f
 
 
+# Steps in a row with no trainable row (every group's rewards equal) before the loop warns.
+NO_SIGNAL_STEPS = 5
+
+
 def load_env(cfg: Any) -> tuple[Environment, Any]:
-    """The environment and its split's rows, with every row checked for the env's fields."""
-    env = make_env(cfg.env.name, **cfg.env.options)
+    """The environment and its split's rows, with every row checked for the env's fields.
+    A missing data file names the ``env.options`` key that points at it."""
     try:
+        env = make_env(cfg.env.name, **cfg.env.options)
         rows = env.rows(cfg.env.split)
     except (ValueError, KeyError) as e:
         raise ConfigError(f"env.split: {e}") from None
+    except (DataError, FileNotFoundError) as e:
+        raise ConfigError(f"{_option_key(cfg.env.options, str(e))}: {e}") from None
     if not rows:
         raise ConfigError(f"env {cfg.env.name!r} split {cfg.env.split!r} has no rows")
     env.validate_rows(rows, f"env {cfg.env.name!r} split {cfg.env.split!r}")
     return env, rows
 
 
-def make_run_dir(cfg: Any, resume: bool) -> Path:
+def _option_key(options: dict[str, Any], message: str) -> str:
+    """The ``env.options.<key>`` whose value a message mentions (else ``env.options``)."""
+    for key, value in options.items():
+        if isinstance(value, str) and value and value in message:
+            return f"env.options.{key}"
+    return "env.options"
+
+
+def make_run_dir(cfg: Any, overwrite: bool = False, unique: bool = False) -> Path:
+    """The new run's directory ``<run_dir>/<name>`` (see ``verirl.rundir``); not created yet."""
     run_dir = Path(cfg.run_dir) / cfg.name
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"run dir {run_dir} exists; pick another `name` or use --resume")
-    return run_dir
+    resumable = ckpt.latest_checkpoint(run_dir) is not None
+    return claim_run_dir(run_dir, overwrite=overwrite, unique=unique, resumable=resumable)
+
+
+def fits_context(env: Environment, rows: Any, tok: Any, cfg: Any, context: int | None) -> Any:
+    """The rows whose prompt plus ``rollout.max_new_tokens`` fit the model's context; the rest
+    are dropped with a count (a longer prompt would fail inside either engine). No rows left
+    is a ConfigError naming the keys to change."""
+    if not context:
+        return rows
+    budget = context - cfg.rollout.max_new_tokens
+    keep = [r for r in rows
+            if len(tok(render_prompt(env.prompt(r), tok, cfg.model.chat_template),
+                       add_special_tokens=False)["input_ids"]) <= budget]  # fmt: skip
+    if not keep:
+        raise ConfigError(
+            f"every prompt of env {cfg.env.name!r} split {cfg.env.split!r} is longer than the "
+            f"model's context ({context} tokens) minus rollout.max_new_tokens="
+            f"{cfg.rollout.max_new_tokens}; lower rollout.max_new_tokens or use a model with a "
+            "longer context"
+        )
+    if len(keep) < len(rows):
+        print(
+            f"warning: skipped {len(rows) - len(keep)} of {len(rows)} rows whose prompt + "
+            f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} exceeds the model's context "
+            f"({context} tokens)",
+            flush=True,
+        )
+    return keep
+
+
+def model_context(model: Any, cfg: Any) -> int | None:
+    """Tokens the rollout engine can hold: ``rollout.vllm.max_model_len`` when set, else the
+    model's ``max_position_embeddings``."""
+    vllm_len = cfg.rollout.vllm.get("max_model_len") if cfg.rollout.backend == "vllm" else None
+    return vllm_len or getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
 def init_distributed(cfg: TrainConfig) -> tuple[dist.DistContext, str]:
@@ -126,15 +179,26 @@ def prepare(
     resume_dir: Path | None = None,
     ctx: dist.DistContext | None = None,
     device: str | None = None,
+    overwrite: bool = False,
+    unique: bool = False,
 ) -> Run:
     ctx = ctx or dist.DistContext()
     device = device or cfg.train.device
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    run_dir = resume_dir or make_run_dir(cfg, resume=False)
+    run_dir = resume_dir or make_run_dir(cfg, overwrite, unique)
     env, rows = load_env(cfg)
     ckpt.seed_everything(cfg.train.seed)
     model, tok = load_policy(cfg.model, device)
+    rows = fits_context(env, rows, tok, cfg, model_context(model, cfg))
+    prompts_per_step = cfg.algo.batch_size // cfg.algo.group_size
+    if len(rows) < prompts_per_step and ctx.is_main:
+        print(
+            f"warning: env {cfg.env.name!r} split {cfg.env.split!r} has {len(rows)} rows but a "
+            f"step takes {prompts_per_step} prompts (algo.batch_size / algo.group_size): every "
+            "step repeats rows; lower algo.batch_size or use more data",
+            flush=True,
+        )
     forward = resolve_forward(cfg.model.forward, model, distributed=ctx.world_size > 1)
     value_head = None
     if cfg.algo.name == "ppo":
@@ -204,7 +268,10 @@ def _vllm_settings(cfg: TrainConfig, ctx: dist.DistContext, device: str) -> dict
 def restore(run: Run) -> None:
     last = ckpt.latest_checkpoint(run.run_dir)
     if last is None:
-        raise UserError(f"{run.run_dir}: no checkpoint to resume from")
+        raise UserError(
+            f"{run.run_dir} has no checkpoint to resume from (it stopped before its first save); "
+            f"start it over with: verirl train {run.run_dir / 'config.yaml'} --overwrite"
+        )
     state = ckpt.load_trainer_state(last)
     # Every rank reads the same checkpoint (the run dir must be on a shared filesystem).
     dist.check_world_size((state.get("dist") or {}).get("world_size"), run.ctx.world_size)
@@ -234,6 +301,8 @@ def restore(run: Run) -> None:
     else:
         ckpt.set_rng_state(state["rng"])
     run.start_step = int(state["step"])
+    if run.ctx.is_main:
+        print(f"resuming {run.run_dir} from step {run.start_step} ({last})", flush=True)
 
 
 def save(run: Run, step: int) -> None:
@@ -262,23 +331,70 @@ def save(run: Run, step: int) -> None:
     dist.barrier(ctx)
 
 
-def train(cfg: TrainConfig, resume_dir: Path | None = None) -> Path:
-    """Run the RL loop; returns the run directory. Under torchrun, on every rank."""
+def train(
+    cfg: TrainConfig,
+    resume_dir: Path | None = None,
+    overwrite: bool = False,
+    unique: bool = False,
+) -> Path:
+    """Run the RL loop; returns the run directory. Under torchrun, on every rank.
+
+    A new run's directory follows ``verirl.rundir``: `overwrite` replaces an existing one,
+    `unique` moves aside to a timestamped name. SIGINT/SIGTERM stop the run at the next step
+    boundary with a checkpoint there, then raise ``Interrupted`` (exit code 130)."""
+    check_device(cfg.train.device)
     ctx, device = init_distributed(cfg)
     try:
-        return _train(cfg, resume_dir, ctx, device)
+        return _train(cfg, resume_dir, ctx, device, overwrite, unique)
     finally:
         dist.shutdown(ctx)
 
 
-def _train(cfg: TrainConfig, resume_dir: Path | None, ctx: dist.DistContext, device: str) -> Path:
-    run = prepare(cfg, resume_dir, ctx, device)  # raises on bad input before anything is written
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag the loop reads at each step boundary; a second SIGINT aborts
+    at once. Handlers are installed only in the main thread (where Python allows them)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+              "(Ctrl-C again to abort without one)", flush=True)  # fmt: skip
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _train(
+    cfg: TrainConfig,
+    resume_dir: Path | None,
+    ctx: dist.DistContext,
+    device: str,
+    overwrite: bool = False,
+    unique: bool = False,
+) -> Path:
+    # raises on bad input before anything is written
+    run = prepare(cfg, resume_dir, ctx, device, overwrite, unique)
     a, r, t = cfg.algo, cfg.rollout, cfg.train
     main = ctx.is_main
     dist.barrier(ctx)  # every rank has checked the run dir before rank 0 creates it
     if main:
+        if resume_dir is None:
+            clear_run_dir(run.run_dir)  # claimed with --overwrite (else it is new or empty)
+            # the config names the directory the run really has (a timestamped one, maybe)
+            cfg = cfg.model_copy(update={"run_dir": str(run.run_dir.parent),
+                                         "name": run.run_dir.name})  # fmt: skip
         run.run_dir.mkdir(parents=True, exist_ok=True)
         write_resolved_config(cfg, run.run_dir)
+        print(f"run dir: {run.run_dir}", flush=True)
     log = (
         MetricsLogger(run.run_dir, cfg.log.tensorboard, keep_upto=run.start_step) if main else None
     )
@@ -290,7 +406,10 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, ctx: dist.DistContext, dev
     autocast = torch.autocast("cpu" if device == "cpu" else "cuda", torch.bfloat16,
                               enabled=cfg.model.dtype == "bfloat16")  # fmt: skip
     pool = ThreadPoolExecutor(max_workers=1)
-    progress = _progress(cfg.log.progress and main, t.steps, run.start_step)
+    progress = Progress("train", t.steps, run.start_step, enabled=cfg.log.progress and main)
+    stop = _StopRequest()
+    stopped_at: int | None = None
+    no_signal = 0  # consecutive steps with no trainable row
     mine = dist.shard_groups(a.batch_size // a.group_size, ctx)
     trained = [m for m in (run.policy, run.critic) if m is not None]
 
@@ -377,23 +496,49 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, ctx: dist.DistContext, dev
                 log.log(row)
                 if cfg.log.samples_every and (step + 1) % cfg.log.samples_every == 0:
                     log.samples(step + 1, _samples(groups, rows, prompts, scoring.result(), cfg))
-            progress.advance(row)
-            # 8. checkpoint
-            if (t.save_every and (step + 1) % t.save_every == 0) or step + 1 == t.steps:
+            progress.update(1, row)
+            adv = ro.adv if ro.adv is not None else torch.zeros_like(ro.batch.mask)
+            signal_rows = int((adv * ro.batch.mask).ne(0).any(-1).sum())  # rows a reward moves
+            if ctx.world_size > 1:
+                signal_rows = int(dist.all_reduce_sum(float(signal_rows), ctx))
+            no_signal = 0 if signal_rows else no_signal + 1
+            if no_signal == NO_SIGNAL_STEPS and main:
+                print(
+                    f"warning: {NO_SIGNAL_STEPS} steps in a row with no trainable row: every "
+                    f"group's rewards were equal (reward_mean {row.get('reward_mean', 0):.3f}), so "
+                    "the policy is not learning; check the rewards with `verirl score`, warm-start "
+                    "with `verirl sft`, or raise algo.group_size / rollout.temperature",
+                    flush=True,
+                )
+            # 8. checkpoint (and stop here when SIGINT/SIGTERM asked to)
+            halt = stop.signum is not None
+            if ctx.world_size > 1:  # every rank stops at the same step
+                halt = bool(dist.all_reduce_max(float(halt), ctx))
+            if (t.save_every and (step + 1) % t.save_every == 0) or step + 1 == t.steps or halt:
                 save(run, step + 1)
+            if halt:
+                stopped_at = step + 1
+                break
     finally:
+        stop.restore()
         progress.close()
         pool.shutdown()
         if log is not None:
             log.close()
         run.engine.close()
+    if stopped_at is not None:
+        raise Interrupted(
+            f"stopped at step {stopped_at} of {t.steps}; checkpoint "
+            f"{run.run_dir / 'checkpoints' / f'step-{stopped_at}'}; continue with: "
+            f"verirl train --resume {run.run_dir}"
+        )
     final = run.run_dir / "final"
     if main:
         shutil.rmtree(final, ignore_errors=True)
     dist.save_pretrained(run.policy, final, ctx)  # FSDP2 gathers the shards: every rank calls
     if main:
         run.tok.save_pretrained(str(final))
-        plot_curves(run.run_dir, ("reward_mean", "pass_rate", "entropy"))
+        plot_curves(run.run_dir, TRAIN_CURVES, f"{run.run_dir.name}_curves", run.run_dir.name)
     dist.barrier(ctx)
     return run.run_dir
 
@@ -417,32 +562,3 @@ def _samples(groups: Any, rows: Any, prompts: list[str], results: Any, cfg: Trai
         out.append({"prompt": prompt, "completion": c.text, "reward": res.reward,
                     "status": res.status, "detail": res.detail})  # fmt: skip
     return out
-
-
-class _progress:
-    """A rich progress bar showing the latest reward (or nothing when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
-        self.bar: Any = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), TextColumn("{task.description}"))  # fmt: skip
-            self.bar.start()
-            self.task = self.bar.add_task("", total=total, completed=done)
-
-    def advance(self, row: dict[str, Any]) -> None:
-        if self.bar is not None:
-            desc = f"reward {row['reward_mean']:.3f}  {row['step_seconds']:.2f}s/step"
-            self.bar.update(self.task, advance=1, description=desc)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -1,5 +1,5 @@
 """Run logging: ``metrics.jsonl`` (one object per step), TensorBoard events, sample
-completions, and a reward-curve PNG at the end."""
+completions, and ``<name>_curves.png`` at the end."""
 
 from __future__ import annotations
 
@@ -51,25 +51,94 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
 
 
-def plot_curves(
-    run_dir: str | Path, keys: tuple[str, ...] = ("reward_mean",), name: str = "reward_curve"
-) -> Path:
-    """PNG of `keys` against step, from metrics.jsonl."""
+# Panels of a training run's curves, in order; absent or duplicate series are left out.
+TRAIN_CURVES = ("reward_mean", "pass_rate", "kl", "clip_frac", "entropy", "response_length")
+SFT_CURVES = ("loss", "grad_norm")
+Y_LABELS = {
+    "reward_mean": "mean reward",
+    "pass_rate": "share of samples correct",
+    "kl": "KL(π_θ ‖ π_ref) per token",
+    "clip_frac": "share of tokens clipped",
+    "entropy": "entropy (nats/token)",
+    "response_length": "tokens per completion",
+    "loss": "loss",
+    "grad_norm": "gradient norm",
+}
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing moving average over `window` points (fewer at the start).
+
+    >>> smooth([0.0, 1.0, 2.0, 3.0], 2)
+    [0.0, 0.5, 1.5, 2.5]
+    """
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def curve_panels(
+    rows: list[dict[str, Any]], keys: tuple[str, ...]
+) -> list[tuple[str, list[int], list[float]]]:
+    """(key, steps, values) per panel: keys with no values are left out, and so is a key whose
+    series equals an earlier panel's (pass_rate is reward_mean for 0/1 rewards).
+
+    >>> rows = [{"step": 1, "reward_mean": 0.5, "pass_rate": 0.5}, {"step": 2, "reward_mean": 1}]
+    >>> [k for k, _, _ in curve_panels(rows, ("reward_mean", "pass_rate", "kl"))]
+    ['reward_mean']
+    """
+    panels: list[tuple[str, list[int], list[float]]] = []
+    for key in keys:
+        pts = [(int(r["step"]), float(r[key])) for r in rows if isinstance(r.get(key), int | float)]
+        if not pts:
+            continue
+        steps, values = [p[0] for p in pts], [p[1] for p in pts]
+        if any(s == steps and v == values for _, s, v in panels):
+            continue
+        panels.append((key, steps, values))
+    return panels
+
+
+def curves_figure(rows: list[dict[str, Any]], keys: tuple[str, ...], title: str) -> Any:
+    """The matplotlib figure of `plot_curves`: one panel per metric (see `curve_panels`), raw
+    points with a moving average over them, axis labels, the run's name as the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(run_dir)
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker=".")
+    panels = curve_panels(rows, keys) or [(keys[0], [], [])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (key, steps, values) in zip(axes[0], panels, strict=True):
+        if steps:
+            window = max(1, len(values) // 20)
+            ax.plot(steps, values, ".", ms=3, alpha=0.35, label="per step")
+            if window > 1:
+                ax.plot(steps, smooth(values, window), lw=1.8, label=f"mean of {window}")
+                ax.legend(loc="best", fontsize=7)
         ax.set_xlabel("step")
+        ax.set_ylabel(Y_LABELS.get(key, key))
         ax.set_title(key)
         ax.grid(alpha=0.3)
+    fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(
+    run_dir: str | Path,
+    keys: tuple[str, ...] = TRAIN_CURVES,
+    name: str = "curves",
+    title: str | None = None,
+) -> Path:
+    """``<run_dir>/<name>.png`` from metrics.jsonl (see `curves_figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(read_metrics(run_dir), keys, title or Path(run_dir).resolve().name)
     out = Path(run_dir) / f"{name}.png"
     fig.savefig(out, dpi=100)
     plt.close(fig)
