@@ -1,18 +1,27 @@
-"""Advantage estimators: GRPO's group-normalised rewards and PPO's GAE, as pure tensor functions.
+"""Advantage estimators as pure tensor functions, chosen by name from ``ADVANTAGE_ESTIMATORS``.
 
 Shapes: B sequences, T token positions, G = ``group_size`` completions per prompt. A ``mask``
 [B, T] is 1 on the tokens the loss trains on (the completion) and 0 on prompt and padding.
 Group-level tensors are laid out group-major: group g is rows ``g*G .. g*G+G-1``.
 
+Every table entry takes one ``AdvantageInputs`` and returns ``(advantages [B, T], returns
+[B, T] | None)``; ``compute_advantages`` is the trainer's entry point: it drops infra errors
+(and, with DAPO dynamic sampling, groups without signal) from the loss mask and returns the
+new mask beside the advantages, never changing its inputs.
+
 Sources: GRPO — Shao et al. 2024, "DeepSeekMath" (arXiv:2402.03300), §4.1.2; Dr. GRPO — Liu et
 al. 2025, "Understanding R1-Zero-Like Training" (arXiv:2503.20783); DAPO dynamic sampling — Yu et
-al. 2025 (arXiv:2503.14476); GAE — Schulman et al. 2016 (arXiv:1506.02438). The code mirrors
-verl's ``core_algos.py`` (one function per estimator).
+al. 2025 (arXiv:2503.14476); GAE — Schulman et al. 2016 (arXiv:1506.02438); RLOO — Kool et al.
+2019, "Buy 4 REINFORCE samples, get a baseline for free!" and Ahmadian et al. 2024 (arXiv:
+2402.14740); REINFORCE++ — Hu 2025 (arXiv:2501.03262). The table mirrors verl's
+``register_adv_est`` in ``core_algos.py`` (one function per estimator).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 
@@ -189,12 +198,164 @@ def masked_whiten(
     return torch.where(on, out, 0.0)
 
 
-# Group advantage estimators by name: (rewards [B], group_size, valid [B] | None) -> [B].
-ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {
-    "grpo": lambda rewards, group_size, valid=None: grpo_advantages(
-        rewards, group_size, scale_by_std=True, valid=valid
-    ),
-    "dr-grpo": lambda rewards, group_size, valid=None: grpo_advantages(
-        rewards, group_size, scale_by_std=False, valid=valid
-    ),
-}
+def rloo_advantages(
+    rewards: torch.Tensor, group_size: int, *, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """RLOO: each sample's baseline is the mean reward of the *other* samples of its group.
+
+    A_i = r_i − 1/(n−1) Σ_{j≠i} r_j  =  n/(n−1) · (r_i − mean(r_group))
+    (Kool et al. 2019; Ahmadian et al. 2024, arXiv:2402.14740, eq. 7). The baseline does not
+    depend on r_i, so the estimate stays unbiased. ``valid`` [B] drops samples (infra errors)
+    from the baselines; they get A = 0, and so does every sample of a group with < 2 valid ones.
+
+    rewards: [B] group-major. Returns [B] float32.
+
+    >>> rloo_advantages(torch.tensor([1.0, 0.0, 0.0]), 3).tolist()  # 1 − 0, 0 − ½, 0 − ½
+    [1.0, -0.5, -0.5]
+    """
+    w = torch.ones_like(rewards, dtype=torch.float32) if valid is None else valid.float()
+    w = _groups(w, group_size)  # [P, G]
+    r = torch.where(w > 0, _groups(rewards.float(), group_size), 0.0)  # [P, G]
+    n = w.sum(-1, keepdim=True)  # [P, 1]
+    others = (r.sum(-1, keepdim=True) - r) / (n - 1).clamp(min=1)  # [P, G] leave-one-out mean
+    return torch.where((w > 0) & (n > 1), r - others, 0.0).reshape(-1)  # [B]
+
+
+# --- the table: one uniform signature per estimator ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdvantageInputs:
+    """Everything an estimator may read; each one uses the fields its formula needs."""
+
+    rewards: torch.Tensor  # [B] one score per sequence (env reward + shaping), group-major
+    mask: torch.Tensor  # [B, T] the tokens that train (infra errors, filtered groups: 0)
+    group_size: int  # G
+    valid: torch.Tensor | None = None  # [B] bool; False: counts in no baseline (infra error)
+    values: torch.Tensor | None = None  # [B, T] critic V(s_t) at sampling time (gae)
+    token_kl: torch.Tensor | None = None  # [B, T] KL estimate to put in the reward, detached
+    beta: float = 0.0  # coefficient of token_kl in the reward
+    gamma: float = 1.0  # discount (gae, reinforce_pp)
+    lam: float = 0.95  # GAE λ
+    scale_by_std: bool = True  # grpo: divide by the group's std (False: Dr. GRPO)
+    # batch normaliser x, mask -> x' (``masked_whiten``; across ranks when distributed)
+    whiten: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = masked_whiten
+
+
+AdvantageFn = Callable[[AdvantageInputs], tuple[torch.Tensor, torch.Tensor | None]]
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
+
+
+def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
+    """Add an estimator to ``ADVANTAGE_ESTIMATORS`` (verl's ``register_adv_est``); a second
+    function under a taken name is an error, not a silent override."""
+
+    def add(fn: AdvantageFn) -> AdvantageFn:
+        if ADVANTAGE_ESTIMATORS.get(name, fn) is not fn:
+            raise ValueError(f"advantage estimator {name!r} is already registered")
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+
+    return add
+
+
+def _per_token(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B] sequence advantages spread over each row's masked tokens: [B, T], 0 elsewhere."""
+    return torch.where(mask > 0, adv.unsqueeze(-1), 0.0)
+
+
+@register_advantage("grpo")
+def grpo_estimator(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
+    """GRPO, A_{i,t} = (r_i − mean_g r) / (std_g r + ε); Dr. GRPO with ``scale_by_std=False``."""
+    adv = grpo_advantages(x.rewards, x.group_size, scale_by_std=x.scale_by_std, valid=x.valid)
+    return _per_token(adv, x.mask), None
+
+
+@register_advantage("rloo")
+def rloo_estimator(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
+    """RLOO, A_{i,t} = r_i − mean_{j≠i} r_j (``rloo_advantages``)."""
+    return _per_token(rloo_advantages(x.rewards, x.group_size, valid=x.valid), x.mask), None
+
+
+def _reward_to_go(x: AdvantageInputs, rewards: torch.Tensor) -> torch.Tensor:
+    # GAE with V ≡ 0 and λ = 1 is the discounted reward-to-go Σ_l γ^l r_{t+l} of the token
+    # rewards (score on the last token, −β·KL on every token when the KL is in the reward).
+    token_r = kl_shaped_rewards(rewards, x.mask, x.token_kl, x.beta)  # [B, T]
+    rtg, _ = gae_advantages(token_r, torch.zeros_like(token_r), x.mask, x.gamma, 1.0)
+    return rtg  # [B, T]
+
+
+@register_advantage("reinforce_pp")
+def reinforce_pp_estimator(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
+    """REINFORCE++ (Hu 2025, arXiv:2501.03262, eq. 6-7): no critic, no group baseline.
+
+    G_t = Σ_{l≥0} γ^l r_{t+l}  (score on the last token, −β·KL_t per token in the reward),
+    A_t = (G_t − mean_batch G) / std_batch G  over every masked token of the batch
+    (token-weighted, as OpenRLHF and verl whiten). Works with ``group_size`` 1.
+    """
+    return x.whiten(_reward_to_go(x, x.rewards), x.mask), None
+
+
+@register_advantage("reinforce_pp_baseline")
+def reinforce_pp_baseline_estimator(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
+    """REINFORCE++-baseline (Hu 2025, arXiv:2501.03262 v3 §3; verl's
+    ``reinforce_plus_plus_baseline``): subtract the group mean first, then whiten over the batch.
+
+    r'_i = r_i − mean_g r,   A_t = whiten_batch(G_t(r')) — the group mean removes the prompt's
+    difficulty, the batch statistics scale every prompt alike (GRPO divides each group by its
+    own std instead, which boosts nearly-solved prompts).
+    """
+    centred = grpo_advantages(x.rewards, x.group_size, scale_by_std=False, valid=x.valid)
+    return x.whiten(_reward_to_go(x, centred), x.mask), None
+
+
+@register_advantage("gae")
+def gae_estimator(x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO: GAE over the critic's values (``gae_advantages``), whitened over the batch.
+    Returns (advantages, returns): the returns are the critic's regression targets."""
+    if x.values is None:
+        raise ValueError("the 'gae' estimator needs critic values (algo.name: ppo)")
+    token_r = kl_shaped_rewards(x.rewards, x.mask, x.token_kl, x.beta)  # [B, T]
+    adv, ret = gae_advantages(token_r, x.values, x.mask, x.gamma, x.lam)
+    return x.whiten(adv, x.mask), ret
+
+
+class Advantages(NamedTuple):
+    """What ``compute_advantages`` returns; nothing it was given is changed."""
+
+    advantages: torch.Tensor  # [B, T], 0 outside ``mask``
+    mask: torch.Tensor  # [B, T] the loss mask: input mask without infra errors / filtered groups
+    returns: torch.Tensor | None  # [B, T] critic targets (gae), else None
+    groups_kept: int  # groups with at least one token left in the mask
+
+
+def compute_advantages(
+    name: str, x: AdvantageInputs, *, filter_zero_variance: bool = False
+) -> Advantages:
+    """Advantages by the ``ADVANTAGE_ESTIMATORS`` entry ``name``, and the mask they apply to.
+
+    Samples with ``valid`` False leave the mask (the trainer counts them, never trains on
+    them); with ``filter_zero_variance`` (DAPO dynamic sampling) so do groups whose valid
+    rewards are all equal. The estimator sees the reduced mask, so batch statistics
+    (REINFORCE++, GAE whitening) are over the tokens that train.
+
+    >>> x = AdvantageInputs(torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.ones(4, 2), 2)
+    >>> out = compute_advantages("rloo", x, filter_zero_variance=True)
+    >>> out.advantages.tolist(), out.groups_kept
+    ([[1.0, 1.0], [-1.0, -1.0], [0.0, 0.0], [0.0, 0.0]], 1)
+    """
+    try:
+        fn = ADVANTAGE_ESTIMATORS[name]
+    except KeyError:
+        names = ", ".join(ADVANTAGE_ESTIMATORS)
+        raise ValueError(
+            f"unknown advantage estimator {name!r}; expected one of: {names}"
+        ) from None
+    keep = torch.ones_like(x.rewards, dtype=torch.bool) if x.valid is None else x.valid > 0  # [B]
+    if filter_zero_variance:
+        signal = group_has_signal(x.rewards, x.group_size, valid=x.valid)  # [P]
+        keep = keep & signal.repeat_interleave(x.group_size)
+    mask = x.mask * keep.to(x.mask.dtype).unsqueeze(-1)  # [B, T]
+    adv, returns = fn(replace(x, mask=mask))
+    kept = int(_groups(keep.float(), x.group_size).amax(-1).sum())
+    return Advantages(torch.where(mask > 0, adv, 0.0), mask, returns, kept)
