@@ -141,3 +141,19 @@ def _sft_config(tmp_path, tiny_model_dir, data):
     path = tmp_path / "sft.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
+
+
+def test_no_trainable_rows_and_a_small_split_warn_and_progress_is_logged(
+    tiny_model_dir, tmp_path, capsys
+):
+    # A random model never writes the sum: every reward is 0, so no row has a gradient.
+    cfg = _config(tmp_path / "c.yaml", tiny_model_dir, tmp_path,
+                  env={"name": "arithmetic", "options": {"train_size": 1, "test_size": 5}},
+                  rollout={"max_new_tokens": 2},
+                  train={"steps": 5},
+                  log={"progress": True, "tensorboard": False, "samples_every": 0})  # fmt: skip
+    assert main(["train", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "has 1 rows but a step takes 2 prompts" in out
+    assert "5 steps in a row with no trainable row" in out
+    assert "train step 5/5 (100%)  reward 0.000" in out  # plain progress lines off a terminal
