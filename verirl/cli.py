@@ -143,6 +143,12 @@ def _train(args: argparse.Namespace) -> int:
     return train_command(args.config, args.overrides, resume=args.resume, overwrite=args.overwrite)
 
 
+def _dpo(args: argparse.Namespace) -> int:
+    from verirl.train.dpo import dpo_command
+
+    return dpo_command(args.config, args.overrides, resume=args.resume, overwrite=args.overwrite)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from verirl.demo import main as demo_main
 
@@ -201,16 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, what in (
         ("sft", _sft, "supervised warm start"),
         ("train", _train, "RL training (GRPO/PPO)"),
+        ("dpo", _dpo, "preference optimisation on chosen/rejected pairs (DPO, IPO)"),
     ):
+        resumable = name in ("train", "dpo")
         t = sub.add_parser(name, help=what)
         t.add_argument(
             "config",
-            nargs="?" if name == "train" else None,
-            help="YAML config file" + (" (not needed with --resume)" if name == "train" else ""),
+            nargs="?" if resumable else None,
+            help="YAML config file" + (" (not needed with --resume)" if resumable else ""),
         )
         t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
         t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-        if name == "train":
+        if resumable:
             t.add_argument(
                 "--resume",
                 metavar="RUN_DIR",
