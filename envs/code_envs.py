@@ -172,7 +172,7 @@ class StdioEnv(_SandboxedEnv):
 
     def rows(self, split: str = "train") -> Sequence[Row]:
         rows = self._file_rows()
-        for i, r in enumerate(rows):
+        for i, r in enumerate(rows, 1):  # rows count from 1 in messages
             _check_tests(r.get("tests"), f"{self.data}: row {i}")
         return rows
 
@@ -183,7 +183,7 @@ class StdioEnv(_SandboxedEnv):
         spans: list[tuple[int, int, list[str], bool]] = []
         results: list[RewardResult] = []
         for i, (c, r) in enumerate(zip(completions, rows, strict=True)):
-            tests = _check_tests(r.get("tests"), f"row {i}")
+            tests = _check_tests(r.get("tests"), f"row {i + 1}")
             code = extract_code(c)
             start = len(jobs)
             for t in tests:

@@ -114,7 +114,7 @@ class MathEnv(Environment):
     def _convert(self, raw: list[dict[str, Any]], source: str) -> list[Row]:
         qk, ak = self.columns.get("question", "question"), self.columns.get("answer", "answer")
         out = []
-        for i, r in enumerate(raw):
+        for i, r in enumerate(raw, 1):  # rows count from 1 in messages
             for key in (qk, ak):
                 if key not in r:
                     raise DataError(

@@ -102,10 +102,10 @@ def test_stdio_env_docker(docker_pool, tmp_path):
 
 def test_bad_rows_name_file_row_and_field(tmp_path):
     path = _write(tmp_path / "bad.jsonl", [{"prompt": "x", "test": "t", "entry_point": "f"}, {}])
-    with pytest.raises(DataError, match=r"bad.jsonl: row 1: missing field 'prompt'"):
+    with pytest.raises(DataError, match=r"bad.jsonl: row 2: missing field 'prompt'"):
         make_env("code", data=path).rows()
     path = _write(tmp_path / "io.jsonl", [{"prompt": "x", "tests": [{"input": "1"}]}])
-    with pytest.raises(DataError, match=r"io.jsonl: row 0: tests\[0\] needs"):
+    with pytest.raises(DataError, match=r"io.jsonl: row 1: tests\[0\] needs"):
         make_env("stdio", data=path).rows()
 
 
@@ -154,5 +154,5 @@ def test_cli_score_bad_input_exits_2_and_writes_nothing(tmp_path):
     r = _cli("score", "code", "--input", src, "--output", str(out), "--sandbox", "process",
              check=False)  # fmt: skip
     assert r.returncode == 2, r.stderr
-    assert "row 0" in r.stderr and "completion" in r.stderr
+    assert "row 1" in r.stderr and "completion" in r.stderr
     assert not out.exists()

@@ -66,7 +66,7 @@ def test_bad_rows_name_the_file_row_and_field(tmp_path):
     bad = _write(tmp_path / "bad.jsonl", [{"question": "q", "answer": "1"}, {"question": "q"}])
     with make_env("math", data=str(bad)) as env, pytest.raises(DataError) as e:
         env.rows()
-    assert "bad.jsonl" in str(e.value) and "row 1" in str(e.value) and "'answer'" in str(e.value)
+    assert "bad.jsonl" in str(e.value) and "row 2" in str(e.value) and "'answer'" in str(e.value)
     with pytest.raises(ConfigError, match="prompt_style"):
         make_env("math", prompt_style="yaml")
     with pytest.raises(ConfigError, match="no option"):
