@@ -128,6 +128,22 @@ def make_run_dir(cfg: Any, overwrite: bool = False, unique: bool = False) -> Pat
     return claim_run_dir(run_dir, overwrite=overwrite, unique=unique, resumable=resumable)
 
 
+def _claim_on_rank0(cfg: Any, ctx: dist.DistContext, overwrite: bool, unique: bool) -> Path:
+    """`make_run_dir` decided once, on rank 0, and shared: a timestamped name must be the same
+    on every rank, and a refusal must stop every rank."""
+    claimed: tuple[str | None, str | None] = (None, None)
+    if ctx.is_main:
+        try:
+            claimed = (str(make_run_dir(cfg, overwrite, unique)), None)
+        except UserError as e:
+            claimed = (None, str(e))
+    if ctx.world_size > 1:
+        claimed = dist.broadcast_object(claimed, ctx)
+    if claimed[0] is None:
+        raise UserError(claimed[1] or "no run directory")
+    return Path(claimed[0])
+
+
 def fits_context(env: Environment, rows: Any, tok: Any, cfg: Any, context: int | None) -> Any:
     """The rows whose prompt plus ``rollout.max_new_tokens`` fit the model's context; the rest
     are dropped with a count (a longer prompt would fail inside either engine). No rows left
@@ -186,7 +202,7 @@ def prepare(
     device = device or cfg.train.device
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    run_dir = resume_dir or make_run_dir(cfg, overwrite, unique)
+    run_dir = resume_dir or _claim_on_rank0(cfg, ctx, overwrite, unique)
     env, rows = load_env(cfg)
     ckpt.seed_everything(cfg.train.seed)
     model, tok = load_policy(cfg.model, device)
