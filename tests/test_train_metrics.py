@@ -24,6 +24,8 @@ def test_panels_skip_missing_and_duplicate_series():
     assert keys == ["reward_mean", "kl", "clip_frac", "entropy", "response_length"]
     keys = [k for k, _, _ in curve_panels(_rows(10, kl=False), TRAIN_CURVES)]
     assert "kl" not in keys and "pass_rate" not in keys  # β = 0; 0/1 rewards
+    one_epoch = [{**r, "clip_frac": 0.0} for r in _rows(10, kl=False)]
+    assert "clip_frac" not in [k for k, _, _ in curve_panels(one_epoch, TRAIN_CURVES)]
 
 
 def test_figure_has_title_axis_labels_and_a_smoothed_line():

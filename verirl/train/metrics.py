@@ -54,6 +54,8 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 # Panels of a training run's curves, in order; absent or duplicate series are left out.
 TRAIN_CURVES = ("reward_mean", "pass_rate", "kl", "clip_frac", "entropy", "response_length")
 SFT_CURVES = ("loss", "grad_norm")
+# Metrics whose all-zero series says only that the mechanism is off.
+ZERO_MEANS_ABSENT = frozenset({"kl", "clip_frac"})
 Y_LABELS = {
     "reward_mean": "mean reward",
     "pass_rate": "share of samples correct",
@@ -85,7 +87,8 @@ def curve_panels(
     rows: list[dict[str, Any]], keys: tuple[str, ...]
 ) -> list[tuple[str, list[int], list[float]]]:
     """(key, steps, values) per panel: keys with no values are left out, and so is a key whose
-    series equals an earlier panel's (pass_rate is reward_mean for 0/1 rewards).
+    series equals an earlier panel's (pass_rate is reward_mean for 0/1 rewards), and a KL or
+    clip fraction that is 0 throughout (β = 0; one epoch, where the ratio is 1).
 
     >>> rows = [{"step": 1, "reward_mean": 0.5, "pass_rate": 0.5}, {"step": 2, "reward_mean": 1}]
     >>> [k for k, _, _ in curve_panels(rows, ("reward_mean", "pass_rate", "kl"))]
@@ -98,6 +101,8 @@ def curve_panels(
             continue
         steps, values = [p[0] for p in pts], [p[1] for p in pts]
         if any(s == steps and v == values for _, s, v in panels):
+            continue
+        if key in ZERO_MEANS_ABSENT and not any(values):
             continue
         panels.append((key, steps, values))
     return panels
