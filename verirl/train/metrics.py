@@ -90,7 +90,7 @@ def curve_panels(
     series equals an earlier panel's (pass_rate is reward_mean for 0/1 rewards), and a KL or
     clip fraction that is 0 throughout (β = 0; one epoch, where the ratio is 1).
 
-    >>> rows = [{"step": 1, "reward_mean": 0.5, "pass_rate": 0.5}, {"step": 2, "reward_mean": 1}]
+    >>> rows = [{"step": s, "reward_mean": r, "pass_rate": r, "kl": 0.0} for s, r in [(1, 0), (2, 1)]]
     >>> [k for k, _, _ in curve_panels(rows, ("reward_mean", "pass_rate", "kl"))]
     ['reward_mean']
     """
