@@ -18,6 +18,7 @@ import torch
 
 import verirl.algos.preference as pref
 from verirl.algos.preference import (
+    best_worst_pairs,
     bradley_terry_loss,
     dpo_metrics,
     dpo_sigmoid_loss,
@@ -184,3 +185,11 @@ def test_loss_and_metrics_equal_trls_on_the_same_models_and_rows(tiny_model_dir,
         assert max(diffs) < 1e-5, (loss_type, diffs[:5])
         assert loss.item() > 0.1  # the compared numbers are not trivially 0
     print(f"max |verirl − TRL| over loss, rewards/* and gradients: {worst:.2e}")
+
+
+def test_best_worst_pairs_skip_groups_without_signal():
+    rewards = torch.tensor([[0.0, 1.0, 0.5], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    valid = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 0, 0], [0, 1, 1]])
+    best, worst, has_pair = best_worst_pairs(rewards, valid)
+    assert has_pair.tolist() == [True, False, False, True]  # all equal; one valid sample
+    assert best[has_pair].tolist() == [1, 1] and worst[has_pair].tolist() == [0, 2]

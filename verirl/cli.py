@@ -149,6 +149,12 @@ def _dpo(args: argparse.Namespace) -> int:
     return dpo_command(args.config, args.overrides, resume=args.resume, overwrite=args.overwrite)
 
 
+def _curate(args: argparse.Namespace) -> int:
+    from verirl.curate import curate_command
+
+    return curate_command(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from verirl.demo import main as demo_main
 
@@ -225,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
                 help="continue a run from its last checkpoint, with its own config",
             )
         t.set_defaults(func=func)
+
+    from verirl.curate import add_parser as add_curate_parser  # no torch at import
+
+    add_curate_parser(sub, _curate)
 
     de = sub.add_parser("demo", help="the built-in tiny end-to-end job (what `make demo` runs)")
     de.add_argument(

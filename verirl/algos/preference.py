@@ -154,3 +154,28 @@ def dpo_metrics(
         "rewards/margins": float((chosen - rejected).mean()),
         "rewards/accuracies": float((chosen > rejected).float().mean()),
     }
+
+
+def best_worst_pairs(
+    rewards: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Online DPO's pairs from verifiable rewards: in each group of G samples of one prompt,
+    the best-scored sample is chosen and the worst rejected (seed 002 §3.1.4, "on-policy DPO";
+    Guo et al. 2024, arXiv:2402.04792, with a verifier in place of the AI annotator).
+
+    rewards, valid: [P, G] (valid = 0 for infra errors, which never enter a pair). Returns
+    (best [P], worst [P] sample indices, has_pair [P] bool): a group whose valid rewards are all
+    equal (or with fewer than two valid samples) has no pair and is skipped. Ties go to the
+    first sample, so the choice is deterministic.
+
+    >>> r = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.5, 1.0, 0.0, 0.0]])
+    >>> v = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 1, 1]])
+    >>> [t.tolist() for t in best_worst_pairs(r, v)]
+    [[1, 0, 0], [0, 0, 2], [True, False, True]]
+    """
+    ok = valid > 0
+    hi = torch.where(ok, rewards, float("-inf")).float()
+    lo = torch.where(ok, rewards, float("inf")).float()
+    best, worst = hi.argmax(-1), lo.argmin(-1)
+    has_pair = (hi.max(-1).values > lo.min(-1).values) & (ok.sum(-1) >= 2)
+    return best, worst, has_pair
