@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from verirl.algos import POLICY_LOSSES
 from verirl.rollout.base import SamplingParams
 from verirl.rollout.hf import HFRolloutEngine
 from verirl.train import update
@@ -71,15 +72,15 @@ def test_grpo_first_epoch_ratio_and_tis_weight_are_one_at_temperature_half(
                  temperature=tau)  # fmt: skip
     ro.rollout_logp = rollout_logprobs(groups, batch)
     algo = AlgoSection(batch_size=8, group_size=4, epochs=2, tis_cap=2.0)
-    update.grpo_advantage(ro, algo)
+    ro = update.with_advantages(ro, algo, 10)
     ratios = []
-    real = update.clipped_policy_loss
+    real = POLICY_LOSSES["ppo_clip"]
 
-    def spy(logp, old_logp, adv, mask, lo, hi):
+    def spy(logp, old_logp, adv, mask, params):
         ratios.append(((logp.detach() - old_logp).exp() - 1).abs().mul(mask).max())
-        return real(logp, old_logp, adv, mask, lo, hi)
+        return real(logp, old_logp, adv, mask, params)
 
-    monkeypatch.setattr(update, "clipped_policy_loss", spy)
+    monkeypatch.setitem(POLICY_LOSSES, "ppo_clip", spy)
     tokens = float(ro.batch.mask.sum())
     stats = update.policy_update(model, ro, algo, 8, 10, None, (tokens, 8.0),
                                  lambda _: nullcontext())  # fmt: skip

@@ -88,7 +88,46 @@ class RolloutSection(StrictModel):
 
 
 class AlgoSection(StrictModel):
-    name: Literal["grpo", "ppo"] = Field(default="grpo", description="policy-gradient algorithm")
+    name: Literal["grpo", "ppo"] = Field(
+        default="grpo",
+        description="preset: grpo (no critic; advantage defaults to grpo) or ppo (value head; "
+        "advantage gae)",
+    )
+    advantage: Literal["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "gae"] = Field(
+        default="grpo",
+        description="advantage estimator (verirl.algos ADVANTAGE_ESTIMATORS): grpo (group mean/std; "
+        "Dr. GRPO with scale_rewards: false), rloo (leave-one-out mean), reinforce_pp (batch-"
+        "whitened, no baseline), reinforce_pp_baseline (group mean, then batch-whitened), gae "
+        "(PPO critic); unset: the preset's (gae for name: ppo)",
+    )
+    policy_loss: Literal["ppo_clip", "gspo", "cispo", "dual_clip"] = Field(
+        default="ppo_clip",
+        description="per-token policy loss (verirl.algos POLICY_LOSSES): ppo_clip (PPO/GRPO/DAPO), "
+        "gspo (one clipped ratio per sequence; use loss_agg seq-mean-token-mean and clips ~3e-4), "
+        "cispo (clipped stop-gradient IS weight × log π), dual_clip (PPO with the loss of "
+        "negative advantages capped at dual_clip_c·|A|)",
+    )
+    dual_clip_c: float = Field(default=3.0, gt=1.0, description="dual_clip: the cap c > 1")
+    cispo_max: float = Field(
+        default=5.0, gt=0.0, description="cispo: IS weight cap ε_max (ScaleRL/TRL: 5.0)"
+    )
+    overlong_cache: int | None = Field(
+        default=None,
+        ge=1,
+        description="DAPO soft overlong punishment: reward += a ramp from 0 to -1 over the last "
+        "N tokens before rollout.max_new_tokens; None: off",
+    )
+    mask_truncated: bool = Field(
+        default=False,
+        description="DAPO overlong filtering: completions cut by max_new_tokens leave the loss "
+        "(they still count in their group's baseline, as in TRL)",
+    )
+    length_penalty: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="reward -= length_penalty × completion_tokens / max_new_tokens (verbosity "
+        "control; 0: off)",
+    )
     batch_size: int = Field(
         default=64, ge=1, description="completions per generation batch (prompts x group_size)"
     )
@@ -141,10 +180,30 @@ class AlgoSection(StrictModel):
     value_clip: float = Field(default=0.2, ge=0.0, description="PPO value clipping range")
     value_lr: float = Field(default=1e-3, gt=0.0, description="PPO value-head learning rate")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        """``name`` is a preset: an unset ``advantage`` is its estimator."""
+        if isinstance(data, dict) and "advantage" not in data and data.get("name") == "ppo":
+            return {**data, "advantage": "gae"}
+        return data
+
+    @property
+    def kl_in_loss(self) -> bool:
+        """Whether β·KL is a term of the loss (else, PPO only, it is in the reward)."""
+        return self.name == "grpo" or self.kl_in == "loss"
+
     @model_validator(mode="after")
     def _check(self) -> AlgoSection:
-        if self.name == "grpo" and self.group_size < 2:
-            raise ValueError(f"algo.group_size must be >= 2 for GRPO, got {self.group_size}")
+        if (self.advantage == "gae") != (self.name == "ppo"):
+            raise ValueError(
+                f"algo.advantage={self.advantage!r} with algo.name={self.name!r}: gae needs the "
+                "ppo preset's critic, and the ppo preset trains its critic for gae only"
+            )
+        grouped = self.advantage in ("grpo", "rloo", "reinforce_pp_baseline")
+        if (grouped or self.filter_zero_variance) and self.group_size < 2:
+            what = "filter_zero_variance" if not grouped else f"advantage {self.advantage!r}"
+            raise ValueError(f"algo.group_size must be >= 2 for {what}, got {self.group_size}")
         if self.batch_size % self.group_size:
             raise ValueError(
                 f"algo.batch_size={self.batch_size} must be divisible by "
@@ -221,6 +280,12 @@ class TrainConfig(StrictModel):
         batch = self.algo.batch_size
         if mb is not None and batch % mb:
             raise ValueError(f"train.micro_batch_size={mb} must divide algo.batch_size={batch}")
+        cache = self.algo.overlong_cache
+        if cache is not None and cache > self.rollout.max_new_tokens:
+            raise ValueError(
+                f"algo.overlong_cache={cache} must be <= rollout.max_new_tokens="
+                f"{self.rollout.max_new_tokens}"
+            )
         if (
             self.algo.reference == "lora_disabled"
             and self.algo.beta > 0

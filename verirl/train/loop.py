@@ -43,16 +43,16 @@ from verirl.train.update import (
     Rollout,
     batch_rows,
     fill_missing_grads,
-    grpo_advantage,
     pad_rows,
     policy_update,
-    ppo_advantage,
     reward_stats,
     rollout_logprobs,
     rows_to_train,
     score_async,
     sequence_logprobs,
     to_batch,
+    truncated_rows,
+    with_advantages,
 )
 
 
@@ -202,6 +202,8 @@ def prepare(
     device = device or cfg.train.device
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if resume_dir is not None:
+        last_checkpoint(resume_dir)  # before anything is loaded
     run_dir = resume_dir or _claim_on_rank0(cfg, ctx, overwrite, unique)
     env, rows = load_env(cfg)
     ckpt.seed_everything(cfg.train.seed)
@@ -281,13 +283,19 @@ def _vllm_settings(cfg: TrainConfig, ctx: dist.DistContext, device: str) -> dict
     return settings
 
 
-def restore(run: Run) -> None:
-    last = ckpt.latest_checkpoint(run.run_dir)
+def last_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a resume starts from; none names the one flag that starts the run over."""
+    last = ckpt.latest_checkpoint(run_dir)
     if last is None:
         raise UserError(
-            f"{run.run_dir} has no checkpoint to resume from (it stopped before its first save); "
-            f"start it over with: verirl train {run.run_dir / 'config.yaml'} --overwrite"
+            f"{run_dir} has no checkpoint to resume from (it stopped before its first save); "
+            f"start it over with: verirl train {run_dir / 'config.yaml'} --overwrite"
         )
+    return last
+
+
+def restore(run: Run) -> None:
+    last = last_checkpoint(run.run_dir)
     state = ckpt.load_trainer_state(last)
     # Every rank reads the same checkpoint (the run dir must be on a shared filesystem).
     dist.check_world_size((state.get("dist") or {}).get("world_size"), run.ctx.world_size)
@@ -457,14 +465,14 @@ def _train(
                                                         run.forward)  # fmt: skip
             scored = reward_stats(scoring.result(), (len(rows), a.group_size))
             ro = Rollout(batch, scored["rewards"], scored["valid"], old_logp, ref_logp,
-                         old_values, stats=scored["stats"], temperature=tau)  # fmt: skip
+                         old_values, stats=scored["stats"], temperature=tau,
+                         truncated=truncated_rows(groups, device))  # fmt: skip
             if a.tis_cap is not None:
                 ro.rollout_logp = rollout_logprobs(groups, batch)
-            # 3. advantages (a group lives on one rank; PPO whitens over all ranks' tokens)
-            if a.name == "grpo":
-                grpo_advantage(ro, a)
-            else:
-                ppo_advantage(ro, a, partial(dist.global_masked_whiten, ctx=ctx))
+            # 3. advantages by algo.advantage (a group lives on one rank; batch whitening is
+            # over all ranks' tokens) and the loss mask they apply to
+            ro = with_advantages(ro, a, r.max_new_tokens,
+                                 partial(dist.global_masked_whiten, ctx=ctx))  # fmt: skip
             # 4-5. loss and optimizer step, `epochs` times over the batch
             upd: dict[str, float] = {}
             grad_norm = 0.0

@@ -11,24 +11,23 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
 import torch
 
 from verirl.algos import (
-    aggregate_loss,
-    clipped_policy_loss,
-    gae_advantages,
-    group_has_signal,
-    grpo_advantages,
+    AdvantageInputs,
+    ObjectiveConfig,
+    PolicyLossParams,
+    compute_advantages,
     kl_penalty,
-    kl_shaped_rewards,
+    length_penalty,
     masked_whiten,
+    policy_objective,
+    soft_overlong_penalty,
     token_logprobs,
-    truncated_is_weights,
-    value_loss,
 )
 from verirl.algos.logprobs import token_logprobs_and_entropy
 from verirl.envs.base import Environment, Row
@@ -85,6 +84,14 @@ class Rollout:
     # T of every logprob of this batch (π_old, π_ref, π_θ, the engine's): log softmax(z / T),
     # ``logprob_temperature`` of the sampling temperature; the entropy metric is softmax(z/T)'s.
     temperature: float = 1.0
+    truncated: torch.Tensor | None = None  # [B] bool: cut by max_new_tokens (``truncated_rows``)
+
+
+def truncated_rows(groups: list[list[Completion]], device: str) -> torch.Tensor:
+    """[B] True where a completion ended by running out of budget (finish_reason "length"),
+    not on an end token or stop string: DAPO's overlong filtering drops these from the loss."""
+    flat = [c.finish_reason == "length" for g in groups for c in g]
+    return torch.tensor(flat, dtype=torch.bool, device=device)
 
 
 def rollout_logprobs(groups: list[list[Completion]], batch: Batch) -> torch.Tensor:
@@ -154,34 +161,70 @@ def sequence_logprobs(
     return torch.cat(logps), (torch.cat(values) if values else None)
 
 
-def grpo_advantage(ro: Rollout, algo: AlgoSection) -> None:
-    """Sequence advantages spread over tokens; optional DAPO zero-variance filtering."""
-    g = algo.group_size
-    rewards, valid = ro.rewards.view(-1), ro.valid.view(-1) > 0  # group-major [B]
-    adv = grpo_advantages(rewards, g, scale_by_std=algo.scale_rewards, valid=valid)  # [B]
-    keep = ro.valid.clone()  # [P, G]
-    if algo.filter_zero_variance:
-        keep = keep * group_has_signal(rewards, g, valid=valid).float().unsqueeze(-1)
-    ro.stats["groups_kept"] = float((keep.sum(-1) > 0).sum())
-    ro.batch.mask = ro.batch.mask * keep.view(-1, 1)
-    ro.adv = adv.view(-1, 1) * ro.batch.mask  # [B, T]
+def shaped_rewards(
+    ro: Rollout, algo: AlgoSection, max_new_tokens: int
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Each sequence's score [B]: the env's reward plus the length terms the config asks for
+    (DAPO soft overlong punishment, linear length penalty), and the mean of each term."""
+    rewards = ro.rewards.view(-1).float()  # [B] group-major
+    lengths = ro.batch.mask.sum(-1)  # [B] completion tokens
+    stats: dict[str, float] = {}
+    if algo.overlong_cache is not None:
+        term = soft_overlong_penalty(lengths, max_new_tokens, algo.overlong_cache).to(rewards)
+        rewards, stats["shaping/overlong"] = rewards + term, float(term.mean())
+    if algo.length_penalty > 0:
+        term = length_penalty(lengths, max_new_tokens, algo.length_penalty).to(rewards)
+        rewards, stats["shaping/length"] = rewards + term, float(term.mean())
+    return rewards, stats
 
 
-def ppo_advantage(
-    ro: Rollout, algo: AlgoSection, whiten: Callable[..., torch.Tensor] = masked_whiten
-) -> None:
-    """Reward on the last token (minus β·k1 per token when KL is in the reward), then GAE.
-    `whiten` normalises advantages over the batch (across ranks when distributed)."""
-    assert ro.old_values is not None
-    ro.batch.mask = ro.batch.mask * ro.valid.view(-1, 1)
+def with_advantages(
+    ro: Rollout,
+    algo: AlgoSection,
+    max_new_tokens: int,
+    whiten: Callable[..., torch.Tensor] = masked_whiten,
+) -> Rollout:
+    """A new Rollout with advantages [B, T], the loss mask and (PPO) returns, by the estimator
+    ``algo.advantage`` (``ADVANTAGE_ESTIMATORS``); ``ro`` itself is not changed.
+
+    The mask loses infra errors, DAPO-filtered groups (``filter_zero_variance``) and, with
+    ``mask_truncated``, completions cut by the budget. With the KL in the reward (PPO), the
+    token rewards carry −β·k1(π_old ‖ π_ref). `whiten` normalises over the batch (across ranks
+    when distributed) for the estimators that whiten.
+    """
+    rewards, stats = shaped_rewards(ro, algo, max_new_tokens)
     mask = ro.batch.mask
+    if algo.mask_truncated and ro.truncated is not None:
+        mask = mask * (~ro.truncated).to(mask.dtype).unsqueeze(-1)
+        stats["truncated"] = float(ro.truncated.sum())
     kl = None
-    if algo.beta > 0 and algo.kl_in == "reward":
+    if algo.beta > 0 and not algo.kl_in_loss:
         assert ro.ref_logp is not None and ro.old_logp is not None
         kl = kl_penalty(ro.old_logp, ro.ref_logp, "k1")
-    token_r = kl_shaped_rewards(ro.rewards.view(-1), mask, kl, algo.beta)
-    adv, ret = gae_advantages(token_r, ro.old_values, mask, algo.gamma, algo.lam)
-    ro.adv, ro.returns = whiten(adv, mask), ret
+    x = AdvantageInputs(rewards, mask, algo.group_size, valid=ro.valid.view(-1) > 0,
+                        values=ro.old_values, token_kl=kl, beta=algo.beta, gamma=algo.gamma,
+                        lam=algo.lam, scale_by_std=algo.scale_rewards, whiten=whiten)  # fmt: skip
+    out = compute_advantages(algo.advantage, x, filter_zero_variance=algo.filter_zero_variance)
+    stats = {**ro.stats, **stats, "groups_kept": float(out.groups_kept)}
+    return replace(ro, batch=replace(ro.batch, mask=out.mask), adv=out.advantages,
+                   returns=out.returns, stats=stats)  # fmt: skip
+
+
+def objective_config(algo: AlgoSection, max_new_tokens: int) -> ObjectiveConfig:
+    """The objective ``algo`` describes (the policy loss by name, its clip ranges, KL, TIS)."""
+    params = PolicyLossParams(clip_low=algo.clip_low, clip_high=algo.clip_high,
+                              dual_clip_c=algo.dual_clip_c, cispo_max=algo.cispo_max)  # fmt: skip
+    return ObjectiveConfig(
+        policy_loss=algo.policy_loss,
+        params=params,
+        loss_agg=algo.loss_agg,
+        max_len=float(max_new_tokens),
+        kl_coef=algo.beta if algo.kl_in_loss else 0.0,
+        kl_estimator=algo.kl_estimator,
+        tis_cap=algo.tis_cap,
+        vf_coef=algo.vf_coef,
+        value_clip=algo.value_clip,
+    )
 
 
 def _rows(t: torch.Tensor | None, idx: torch.Tensor, cols: slice) -> torch.Tensor | None:
@@ -200,7 +243,7 @@ def rows_to_train(ro: Rollout, algo: AlgoSection, value_head: Any) -> torch.Tens
     """
     assert ro.adv is not None
     live = ro.batch.mask.sum(-1) > 0
-    kl_in_loss = ro.ref_logp is not None and (algo.name == "grpo" or algo.kl_in == "loss")
+    kl_in_loss = ro.ref_logp is not None and algo.kl_in_loss
     if value_head is None and not kl_in_loss:
         live &= (ro.adv * ro.batch.mask).ne(0).any(-1)
     return live.nonzero().squeeze(-1)
@@ -243,9 +286,10 @@ def policy_update(
 ) -> dict[str, float]:
     """One optimisation pass over the batch with gradient accumulation (the caller steps).
 
-    Loss per token: clipped policy loss (+ β·KL when in the loss) aggregated by `loss_agg` with
-    whole-batch normalisers, so the accumulated gradient equals the full batch's; PPO adds
-    `vf_coef` × the clipped value loss (token mean).
+    Each micro-step is forward → ``policy_objective`` (``objective_config(algo)``: the policy
+    loss by name, + β·KL when in the loss, aggregated by `loss_agg` with whole-batch
+    normalisers, so the accumulated gradient equals the full batch's; PPO adds `vf_coef` × the
+    clipped value loss) → backward.
 
     `normalizers` = (tokens, sequences) of the global batch divided by the world size (this
     batch's counts for one process), so DDP's gradient mean is the global batch's gradient;
@@ -257,36 +301,35 @@ def policy_update(
     """
     assert ro.adv is not None
     b = ro.batch
-    n_tok, n_seq = normalizers
+    objective = objective_config(algo, max_new_tokens)
     acc: dict[str, float] = dict.fromkeys(("loss", "pg_loss", "clip_frac", "entropy"), 0.0)
     if rows is None:
         rows = torch.arange(b.targets.shape[0], device=b.mask.device)
     run_tokens = float(b.mask[rows].sum())
     for s0 in range(0, len(rows), micro):
         with no_sync(s0 + micro < len(rows)):
-            _micro_step(model, ro, algo, rows[s0 : s0 + micro], max_new_tokens, value_head,
-                        n_tok, n_seq, acc, forward)  # fmt: skip
+            step = _micro_step(model, ro, objective, rows[s0 : s0 + micro], value_head,
+                               normalizers, forward)  # fmt: skip
+        for k, v in step.items():
+            acc[k] = acc.get(k, 0.0) + v
     for k in ("entropy", "tis_weight"):  # sums over the rows run -> their token means
         if k in acc:
             acc[k] /= max(run_tokens, 1.0)
     if not len(rows):
         del acc["entropy"]  # no token was run: no entropy to report
-    return dict(acc)
+    return acc
 
 
 def _micro_step(
     model: Any,
     ro: Rollout,
-    algo: AlgoSection,
+    objective: ObjectiveConfig,
     idx: torch.Tensor,
-    max_new_tokens: int,
     value_head: Any,
-    n_tok: float,
-    n_seq: float,
-    acc: dict[str, float],
+    normalizers: tuple[float, float],
     forward: str = "auto",
-) -> None:
-    """Forward and backward of the micro-batch of rows `idx`; adds its metrics into `acc`."""
+) -> dict[str, float]:
+    """Forward → objective → backward on the rows `idx`; returns their metric sums."""
     assert ro.adv is not None
     mb = ro.batch.slice(idx)
     # columns first…w: from the first completion token of any row to the longest row's end
@@ -296,33 +339,16 @@ def _micro_step(
                                forward=forward)  # fmt: skip
     logp, ent = token_logprobs_and_entropy(logits, mb.targets[:, cols],
                                            temperature=ro.temperature)  # fmt: skip
-    old = _rows(ro.old_logp, idx, cols)
-    old = logp.detach() if old is None else old  # epochs = 1: ratio is 1, one forward
-    adv = ro.adv[idx, cols]
     m = mb.mask[:, cols]
-    pg, clipped = clipped_policy_loss(logp, old, adv, m, algo.clip_low, algo.clip_high)
-    if algo.tis_cap is not None and ro.rollout_logp is not None:
-        tis = truncated_is_weights(old.detach(), ro.rollout_logp[idx, cols], algo.tis_cap)
-        pg = pg * tis
-        acc["tis_weight"] = acc.get("tis_weight", 0.0) + float((tis * m).sum())
-    per_tok = pg
-    if ro.ref_logp is not None:
-        kl = kl_penalty(logp, ro.ref_logp[idx, cols], algo.kl_estimator)
-        acc["kl"] = acc.get("kl", 0.0) + float((kl.detach() * m).sum()) / n_tok
-        if algo.name == "grpo" or algo.kl_in == "loss":
-            per_tok = per_tok + algo.beta * kl
-    loss = aggregate_loss(per_tok, m, algo.loss_agg, max_len=float(max_new_tokens),
-                          num_tokens=n_tok, num_seqs=n_seq)  # fmt: skip
-    if value_head is not None:
-        assert ro.old_values is not None and ro.returns is not None
-        v = value_head(h)
-        vloss = value_loss(v, ro.old_values[idx, cols], ro.returns[idx, cols], m, algo.value_clip,
-                           num_tokens=n_tok)  # fmt: skip
-        loss = loss + algo.vf_coef * vloss
-        acc["value_loss"] = acc.get("value_loss", 0.0) + float(vloss.detach())
+    loss, metrics = policy_objective(
+        logp, _rows(ro.old_logp, idx, cols), ro.adv[idx, cols], m, objective,
+        num_tokens=normalizers[0], num_seqs=normalizers[1],
+        ref_logp=_rows(ro.ref_logp, idx, cols), rollout_logp=_rows(ro.rollout_logp, idx, cols),
+        values=None if value_head is None else value_head(h),
+        old_values=_rows(ro.old_values, idx, cols), returns=_rows(ro.returns, idx, cols),
+    )  # fmt: skip
     loss.backward()
-    with torch.no_grad():
-        acc["loss"] += float(loss.detach())
-        acc["pg_loss"] += float((pg.detach() * m).sum()) / n_tok
-        acc["clip_frac"] += float(clipped.sum()) / n_tok
-        acc["entropy"] += float((ent * m).sum())
+    if "tis_weight_sum" in metrics:
+        metrics["tis_weight"] = metrics.pop("tis_weight_sum")
+    metrics["entropy"] = float((ent * m).sum())
+    return metrics
