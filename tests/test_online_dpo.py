@@ -9,10 +9,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verirl.algos import token_logprobs
-from verirl.train.dpo import Pair, dpo_update
+from verirl.train.dpo import dpo_update
 from verirl.train.dpo_config import DpoAlgo
 from verirl.train.model import Reference, forward_logits, pack
 from verirl.train.online_dpo import online_dpo_update, pair_rows
+from verirl.train.pairwise import Pair
 
 
 @pytest.mark.parametrize(

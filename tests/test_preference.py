@@ -130,8 +130,9 @@ def test_loss_and_metrics_equal_trls_on_the_same_models_and_rows(tiny_model_dir,
     from trl import DPOTrainer
 
     from verirl.config import validate_config
-    from verirl.train.dpo import load_pairs, pack_pairs, sequence_logps
+    from verirl.train.dpo import sequence_logps
     from verirl.train.dpo_config import DpoConfig
+    from verirl.train.pairwise import load_pairs, pack_pairs
 
     policy_dir = tmp_path / "policy"  # the tiny model moved off the reference
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -168,7 +169,8 @@ def test_loss_and_metrics_equal_trls_on_the_same_models_and_rows(tiny_model_dir,
                                           "algo": {"beta": beta, "loss_type": loss_type}}, "t")  # fmt: skip
         ours = AutoModelForCausalLM.from_pretrained(policy_dir)
         ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-        batch = pack_pairs(load_pairs(cfg, tok, [tok.eos_token_id], 512), tok.pad_token_id, "cpu")
+        pairs = load_pairs(cfg.data, "auto", tok, [tok.eos_token_id], 512)
+        batch = pack_pairs(pairs, tok.pad_token_id, "cpu")
         logps, n = sequence_logps(ours, batch)
         with torch.no_grad():
             ref_logps, _ = sequence_logps(ref, batch)
