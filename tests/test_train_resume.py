@@ -82,10 +82,26 @@ def test_sigkilled_run_resumes_exactly(tiny_model_dir, tmp_path, unbroken):
     assert strip(got) == unbroken
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigterm_asks_for_the_same_stop_as_ctrl_c_and_a_second_ctrl_c_aborts():
+    from verirl.train.loop import _StopRequest
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        stop = _StopRequest()
+        try:
+            os.kill(os.getpid(), signum)
+            assert stop.signum == signum  # the loop stops at the step boundary
+            if signum == signal.SIGINT:
+                with pytest.raises(KeyboardInterrupt):
+                    os.kill(os.getpid(), signal.SIGINT)
+        finally:
+            stop.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_interrupted_run_checkpoints_at_the_step_boundary_and_resumes_exactly(
-    tiny_model_dir, tmp_path, unbroken, signum
+    tiny_model_dir, tmp_path, unbroken
 ):
+    signum = signal.SIGINT  # Ctrl-C; SIGTERM sets the same flag (test above)
     run_dir = tmp_path / "stopped"
     # save_every 0: the only checkpoint before the end is the one the signal asks for
     proc = subprocess.Popen(
