@@ -196,7 +196,7 @@ def sample_model(
         try:
             check_context(name, model_path, [p for c in todo for p in c], tok, suite)
             n_todo = sum(map(len, todo))
-            title = f"{name}: sampling x {suite.n}"
+            title = f"eval {name} (n={suite.n})"
             correct = samples = 0
             with Progress(title, n_todo, unit="problem", enabled=progress) as bar:
                 for chunk in todo:
