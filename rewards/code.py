@@ -3,9 +3,9 @@
 The sandbox (`verirl.sandboxes.sandbox`, which documents the threat model) only runs programs
 and reports what happened; the verdict is made here from data the program cannot forge:
 
-- function tests (HumanEval's ``check(candidate)``, Chen et al. 2021): the report must carry
-  this run's nonce and say the test function returned; then every recorded assertion is
-  re-decided here from the marshalled plain values of its operands;
+- function tests (HumanEval's ``check(candidate)``, Chen et al. 2021): the harness (trusted
+  code under its own uid, comparing plain copies of the candidate's values) reports once,
+  with this run's nonce; a pass needs the test to have returned with its assertions run;
 - stdio tests (APPS/LiveCodeBench style): the program's stdout against the expected output,
   line by line, ignoring trailing whitespace and trailing blank lines.
 
@@ -17,12 +17,12 @@ is ``incorrect``; a crash (exception, ``sys.exit``, a killed runner, a compile e
 from __future__ import annotations
 
 import ast
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from verirl.rewards.result import RewardResult
-from verirl.sandboxes.runner import decode
 from verirl.sandboxes.sandbox import RunResult
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -93,58 +93,48 @@ def outputs_match(got: str, want: str) -> bool:
     return norm(got) == norm(want)
 
 
-def _compare(op: str, a: Any, b: Any) -> bool:
-    try:
-        if op == "==":
-            return bool(a == b)
-        if op == "!=":
-            return bool(a != b)
-        if op == "<":
-            return bool(a < b)
-        if op == "<=":
-            return bool(a <= b)
-        if op == ">":
-            return bool(a > b)
-        if op == ">=":
-            return bool(a >= b)
-        if op == "in":
-            return a in b
-        if op == "not in":
-            return a not in b
-        # Identity survives marshalling only for the singletons; otherwise: same type and value.
-        same = a is b if b is None or isinstance(b, bool) else type(a) is type(b) and a == b
-        return same if op == "is" else not same
-    except TypeError:
-        return False
-
-
 def _short(v: Any, n: int = 120) -> str:
-    s = repr(v)
+    """A bounded repr that never raises (an int past repr's 4300-digit limit, a cycle)."""
+    try:
+        s = repr(v)
+    except Exception:
+        return f"<{type(v).__name__} that has no repr>"
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
-def _parse_report(r: RunResult, nonce: str) -> tuple[str, Any] | None:
-    """The run's report, or None if there is no well-formed report carrying the nonce."""
+def _parse_report(r: RunResult, nonce: str) -> tuple[str, str, int, int] | None:
+    """The harness's report ``[kind, detail, asserts_held, asserts_in_source]``, or None if
+    there is no single well-formed report line carrying the nonce."""
     lines = [ln for ln in r.report.split("\n") if ln.startswith(nonce + ":")]
     if len(lines) != 1:
         return None
     try:
-        kind, data = ast.literal_eval(lines[0][len(nonce) + 1 :])
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        kind, detail, held, n_source = json.loads(lines[0][len(nonce) + 1 :])
+    except (ValueError, TypeError, RecursionError):
         return None
-    return (kind, data) if isinstance(kind, str) else None
+    if not (isinstance(kind, str) and isinstance(detail, str)):
+        return None
+    if not (isinstance(held, int) and isinstance(n_source, int)):
+        return None
+    return kind, detail, held, n_source
 
 
 def _limits_verdict(r: RunResult) -> RewardResult | None:
+    """Verdicts that come from the sandbox itself (trusted), before any output is read."""
     if r.infra:
         return RewardResult.infra(f"sandbox: {r.infra}")
     if r.harness_killed:
         return RewardResult(0.0, "error", detail="the program killed or stopped the sandbox runner")
     if r.timed_out:
         return RewardResult(0.0, "timeout", detail=f"wall time exceeded ({r.wall:.1f}s)")
-    if "MemoryError" in r.stderr:
-        return RewardResult(0.0, "memory", detail="memory limit exceeded")
     return None
+
+
+def _crashed_of_memory(stderr: str) -> bool:
+    """A Python traceback that ends in MemoryError (only consulted for a failed run: a
+    correct program may print the word to stderr)."""
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    return bool(lines) and lines[-1].startswith("MemoryError")
 
 
 def function_verdict(r: RunResult, nonce: str) -> RewardResult:
@@ -154,42 +144,23 @@ def function_verdict(r: RunResult, nonce: str) -> RewardResult:
         return limit
     rep = _parse_report(r, nonce)
     if rep is None:
+        if _crashed_of_memory(r.stderr):
+            return RewardResult(0.0, "memory", detail="memory limit exceeded")
         how = f"exit code {r.exit}" if r.exit is not None else f"signal {r.signal}"
         why = "output limit exceeded; " if r.truncated else ""
         return RewardResult(0.0, "error", detail=f"{why}no test report ({how}): {r.stderr[-300:]}")
-    kind, data = rep
+    kind, detail, held, n_source = rep
     if kind == "done":
-        return _records_verdict(data)
+        if n_source and not held:
+            return RewardResult(0.0, "incorrect", detail="the test returned with no assertion run")
+        return RewardResult(1.0, "correct", detail=detail)
     if kind == "memory":
-        return RewardResult(0.0, "memory", detail=str(data))
+        return RewardResult(0.0, "memory", detail=detail)
     if kind == "test_error":
-        return RewardResult.infra(str(data))
-    if kind == "notplain":
-        return RewardResult(0.0, "incorrect", detail=str(data))
-    if kind == "raised" and str(data).startswith("test: AssertionError"):
-        return RewardResult(0.0, "incorrect", detail=str(data))
-    return RewardResult(0.0, "error", detail=str(data))
-
-
-def _records_verdict(records: Any) -> RewardResult:
-    if not isinstance(records, list):
-        return RewardResult(0.0, "error", detail="malformed test report")
-    for rec in records:
-        try:
-            if rec[1] == "notplain":
-                return RewardResult(0.0, "incorrect", detail=f"assert #{rec[0]}: {rec[2]}")
-            if rec[1] == "truth":
-                if not bool(decode(rec[2])):
-                    return RewardResult(0.0, "incorrect", detail=f"assert #{rec[0]} failed")
-                continue
-            i, op, left, right = rec
-            a, b = decode(left), decode(right)
-        except (IndexError, KeyError, TypeError, ValueError):
-            return RewardResult(0.0, "error", detail="malformed test report")
-        if not _compare(op, a, b):
-            detail = f"assert #{i} failed: {_short(a)} {op} {_short(b)} is false"
-            return RewardResult(0.0, "incorrect", detail=detail)
-    return RewardResult(1.0, "correct", detail=f"{len(records)} assertions held")
+        return RewardResult.infra(detail)
+    if kind in ("failed", "notplain"):
+        return RewardResult(0.0, "incorrect", detail=detail)
+    return RewardResult(0.0, "error", detail=detail)
 
 
 def stdio_verdict(runs: Sequence[RunResult], expected: Sequence[str]) -> RewardResult:
@@ -198,6 +169,8 @@ def stdio_verdict(runs: Sequence[RunResult], expected: Sequence[str]) -> RewardR
         limit = _limits_verdict(r)
         if limit is not None:
             return RewardResult(0.0, limit.status, detail=f"case {k}: {limit.detail}")
+        if r.exit != 0 and _crashed_of_memory(r.stderr):
+            return RewardResult(0.0, "memory", detail=f"case {k}: memory limit exceeded")
         if r.exit != 0:
             how = f"exit code {r.exit}" if r.exit is not None else f"signal {r.signal}"
             return RewardResult(0.0, "error", detail=f"case {k}: {how}: {r.stderr[-300:]}")

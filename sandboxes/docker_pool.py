@@ -1,14 +1,16 @@
 """Docker backend: a warm pool of locked-down containers, one runner ``exec`` per batch.
 
-Containers are created once (``sleep infinity`` as pid 1) and reused; a batch of jobs goes to
-one container through one ``exec`` of the runner, whose stdin carries the batch and whose
-stdout carries one JSON line per job. No container is created per run: that, and several
+Containers are created once (``sleep infinity`` as pid 1, run as the container's root, which
+the sample uid cannot signal or trace) and reused; a batch of jobs goes to one container
+through one persistent ``exec`` of the runner (root, six capabilities), whose stdin carries
+the batch and whose stdout carries one JSON line per job. No container is created per run: that, and several
 programs per round-trip, is what makes the isolated path as fast as an unisolated harness.
 The limits are listed in `verirl.sandboxes.sandbox` (the entry point and threat model).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -20,11 +22,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from verirl.sandboxes.engine import LABEL, client, image_present, image_tag, read_manifest
-from verirl.sandboxes.sandbox import RUNNER_SOURCE, Job, RunResult, Sandbox, SandboxInfraError
+from verirl.sandboxes.sandbox import (
+    RUNNER_SOURCE,
+    SOURCES,
+    Job,
+    RunResult,
+    Sandbox,
+    SandboxInfraError,
+)
 
 OWNER_LABEL = "verirl.owner_pid"
 STARTUP_S = 20.0  # runner start (python + preloads) on a loaded machine
 WATCHDOG_MARGIN_S = 3.0  # beyond a job's own timeout, enforced by the runner itself
+ACQUIRE_S = 120.0  # longest wait for a free container before the batch is infra_error
+# What the root runner needs, and no more: work dirs for the sample uid (CHOWN), wiping what
+# a sample protected (DAC_OVERRIDE, FOWNER), killing its processes (KILL), becoming it (SET*ID).
+RUNNER_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETUID", "SETGID"]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -75,9 +88,13 @@ class DockerPool(Sandbox):
                 f"sandbox image {self.image} missing; run `verirl sandbox build`"
             )
         super().__init__(workers, batch_size)
-        self.user = f"{read_manifest().uid}:{read_manifest().gid}"
+        # The sample runs as the image's sandbox uid, the harness as the next one; the
+        # runner and pid 1 as the container's root.
+        self.uid = read_manifest().uid
+        self.user = f"{self.uid}:{read_manifest().gid}"
         self.limits = dict(memory_mb=memory_mb, pids=pids, cpus=cpus, tmpfs_mb=tmpfs_mb)
         self.session = secrets.token_hex(4)
+        self._names = itertools.count()  # never reused: a replacement's name cannot collide
         reap_stale(self.client)
         self._idle: queue.Queue[Any] = queue.Queue()
         self._sessions: dict[str, _Session] = {}
@@ -92,7 +109,7 @@ class DockerPool(Sandbox):
                 self.image,
                 ["sleep", "infinity"],
                 detach=True,
-                name=f"verirl-sbx-{os.getpid()}-{self.session}-{len(self._all)}",
+                name=f"verirl-sbx-{os.getpid()}-{self.session}-{next(self._names)}",
                 labels={LABEL: self.session, OWNER_LABEL: str(os.getpid())},
                 network_mode="none",
                 mem_limit=f"{lim['memory_mb']}m",
@@ -102,8 +119,9 @@ class DockerPool(Sandbox):
                 read_only=True,
                 tmpfs={"/tmp": f"size={lim['tmpfs_mb']}m,mode=1777,exec,nosuid,nodev"},
                 shm_size="8m",
-                user=self.user,
+                user="0:0",
                 cap_drop=["ALL"],
+                cap_add=RUNNER_CAPS,
                 security_opt=["no-new-privileges"],
                 working_dir="/tmp",
                 environment={},
@@ -129,53 +147,81 @@ class DockerPool(Sandbox):
         if getattr(self, "_closed", True):
             return
         self._closed = True
-        for session in list(self._sessions.values()):
+        for session in list(getattr(self, "_sessions", {}).values()):
             session.close()
         with self._lock:
-            ctrs, self._all = list(self._all), []
+            ctrs, self._all = list(getattr(self, "_all", [])), []
         for ctr in ctrs:
             try:
                 ctr.remove(force=True)
             except Exception:
                 pass
 
-    def _exec(self, jobs: Sequence[Job]) -> dict[int, RunResult]:
-        if self._closed:
-            raise SandboxInfraError("docker sandbox is closed")
-        ctr = self._idle.get()
-        state = "ok"
+    def _acquire(self) -> Any:
+        """A free container; a missing one (a replacement that failed) is created here, so a
+        dead engine surfaces as SandboxInfraError within ACQUIRE_S, never as a hang."""
+        deadline = time.monotonic() + ACQUIRE_S
+        while True:
+            if self._closed:
+                raise SandboxInfraError("docker sandbox is closed")
+            try:
+                return self._idle.get(timeout=0.2)
+            except queue.Empty:
+                pass
+            with self._lock:
+                short = len(self._all) < self.workers
+            if short:
+                return self._create()
+            if time.monotonic() > deadline:
+                raise SandboxInfraError(f"no sandbox container became free in {ACQUIRE_S:.0f}s")
+
+    def _exec(self, jobs: Sequence[Job]) -> tuple[dict[int, RunResult], str]:
+        ctr = self._acquire()
+        how = "broken"
         try:
-            session = self._sessions.get(ctr.id) or _Session(self.client.api, ctr.id, self.user)
+            try:
+                session = self._sessions.get(ctr.id) or _Session(self.client.api, ctr.id, self.uid)
+            except SandboxInfraError:
+                if self._running(ctr):
+                    raise
+                how = "lost"  # killed while idle: retried on a replacement
+                return {}, how
             self._sessions[ctr.id] = session
-            got, state = session.run(jobs)
-            return got
-        except SandboxInfraError:
-            state = "broken"
-            raise
+            got, how = session.run(jobs)
+            if how in ("died", "timeout") and not self._running(ctr):
+                how = "lost"  # the container (or the engine) died: nobody's fault
+            return got, "died" if how == "timeout" else how
         finally:
-            if state != "ok":
+            if how != "ok":
                 old = self._sessions.pop(ctr.id, None)
                 if old is not None:
                     old.close()
-            if state == "ok" and not self._closed:
+            if how == "ok" and not self._closed:
                 self._idle.put(ctr)
             else:
-                # A container whose runner died (a job killed it), hung or broke is replaced,
-                # never reused: the orphans of a killed runner become zombies that its pid 1
-                # (``sleep``) never reaps, and each would hold a slot of the pids cap.
+                # A container whose runner died, hung, broke or could not prove a clean state
+                # is replaced, never reused.
                 self._discard(ctr)
                 if not self._closed:
                     try:
                         self._idle.put(self._create())
                     except SandboxInfraError:
-                        pass
+                        pass  # _acquire retries, and reports it if the engine stays down
+
+    def _running(self, ctr: Any) -> bool:
+        try:
+            ctr.reload()
+            return bool(ctr.status == "running")
+        except Exception:
+            return False
 
 
 class _Session:
     """A persistent runner (``serve`` mode) in one container: batches go in as JSON lines on
     its stdin, results come back as JSON lines in docker's multiplexed stdout frames."""
 
-    def __init__(self, api: Any, container_id: str, user: str) -> None:
+    def __init__(self, api: Any, container_id: str, uid: int) -> None:
+        self.uid = uid
         try:
             eid = api.exec_create(
                 container_id,
@@ -183,7 +229,7 @@ class _Session:
                 stdin=True,
                 stdout=True,
                 stderr=True,
-                user=user,
+                user="0:0",
                 workdir="/tmp",
             )["Id"]
             self.sock = api.exec_start(eid, socket=True)
@@ -205,8 +251,15 @@ class _Session:
         return lines
 
     def run(self, jobs: Sequence[Job]) -> tuple[dict[int, RunResult], str]:
-        """Results by index and how it ended: ok | eof (runner died) | timeout."""
-        batch = {"jobs": [j.wire() for j in jobs], "kill_all": True, "wipe": True}
+        """Results by index and how it ended: ok | died (runner gone) | timeout | dirty."""
+        batch = {
+            "jobs": [j.wire() for j in jobs],
+            "kill_all": True,
+            "wipe": True,
+            "uid": self.uid,
+            "judge_uid": self.uid + 1,
+            **SOURCES,
+        }
         got: dict[int, RunResult] = {}
         # The runner enforces each job's timeout; this outside deadline, re-armed at every line
         # the runner prints, catches a runner that a job stopped or wedged.
@@ -215,7 +268,7 @@ class _Session:
         try:
             self.raw.sendall(json.dumps(batch).encode() + b"\n")
         except OSError:
-            return got, "eof"
+            return got, "died"
         any_line = False
         while True:
             left = deadline - time.monotonic()
@@ -232,7 +285,7 @@ class _Session:
                 if not any_line and not self.started:
                     msg = self.err.decode(errors="replace")[-500:]
                     raise SandboxInfraError(f"sandbox runner failed to start: {msg}")
-                return got, "eof"
+                return got, "died"
             self.buf += chunk
             while len(self.buf) >= 8:  # multiplexed frames: type, 0, 0, 0, be32 length
                 kind, size = self.buf[0], struct.unpack(">I", bytes(self.buf[4:8]))[0]
@@ -248,6 +301,8 @@ class _Session:
                     continue
                 if d.get("done"):
                     return got, "ok"
+                if d.get("dirty"):
+                    return got, "dirty"
                 i = d.get("i")
                 if not isinstance(i, int) or not 0 <= i < len(jobs):
                     continue

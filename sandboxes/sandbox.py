@@ -3,62 +3,62 @@
 What it protects against (Docker backend, the default where an engine runs)
 --------------------------------------------------------------------------
 Every program runs in a container from the offline-built image with: no network
-(``network_mode=none``), a memory cap with swap equal to it, a pids cap, a CPU quota, a
-read-only root fs plus a size-capped tmpfs ``/tmp``, a dedicated non-root uid, all capabilities
-dropped, ``no-new-privileges``, the engine's seccomp profile. Inside, a persistent trusted
-runner (`verirl.sandboxes.runner`, non-dumpable: samples cannot read its memory or fds through
-/proc or ptrace; it runs no untrusted code) takes batches of jobs and forks one fresh process
-per sample into its own session and private temp dir, with rlimits (address
-space, CPU, file size = output cap, processes); it enforces the wall time with SIGKILL (so
-ignoring SIGALRM/SIGTERM does not help) and afterwards kills every process the sample left
-(its group, orphans that come back to the runner as subreaper, then every process of the
-sandbox uid) and wipes ``/tmp`` and ``/dev/shm``: no state reaches the next sample. The host
-watches each batch with its own deadline and replaces a container that stops answering.
-Containers carry the label ``verirl.sandbox`` and their owner's pid; a new pool removes the
-ones whose owner died (caller crash, SIGKILL), ``close()``/atexit removes its own (Ctrl-C).
+(``network_mode=none``), a memory cap with swap equal to it, a pids cgroup cap (per container:
+the limit on processes is never a per-uid budget shared with other containers), a CPU quota, a
+read-only root fs plus a size-capped tmpfs ``/tmp``, a private IPC namespace, all
+capabilities dropped but the six the runner needs (CHOWN, DAC_OVERRIDE, FOWNER, KILL, SETUID,
+SETGID), ``no-new-privileges``, the engine's seccomp profile. pid 1 (``sleep``) and the
+persistent trusted runner (`verirl.sandboxes.runner`) run as the container's root, so the
+sample uid can neither signal nor ptrace them. For each sample the runner:
 
-Verdicts are decided here, on the trusted side, never from the program's exit code:
-- stdio problems: the program's stdout is compared with the expected output by the host;
-- function problems (HumanEval ``check(candidate)``): the test and the solution run in two
-  different processes. The harness process runs only trusted code (the prompt as prelude,
-  whose helpers the test sees, and the test); it makes itself non-dumpable (a same-uid
-  process can neither ptrace it nor open its ``/proc/<pid>/mem``, ``fd`` or ``environ``),
-  drops every capability where it runs as root in a user namespace, and only then forks the
-  solution process, which never inherits the report fd. The solution process runs the
-  program and serves calls of the entry point over a pair of pipes: arguments and return
-  values cross as plain data with exact builtin types (``type(v) is int``, recursively;
-  anything else is ``notplain``), exceptions as their type name. Every ``assert`` of the test
-  is rewritten so that its operands are reported as plain data and the comparison itself is
-  made by the host; the report carries a per-run random nonce and is accepted only if it
-  says the test function returned. Hence ``sys.exit(0)``, ``os._exit(0)``, atexit hooks,
-  patched builtins, a lying ``__eq__``, ``int`` subclasses, exceptions, frame walking
-  (``sys._getframe``), ``gc`` or ``ctypes`` memory scans, threads that keep patching, and
-  ptrace or ``/proc`` access to the harness never produce a pass: whatever the solution
-  does, it only controls the plain values it returns. Killing or stopping the harness is
-  scored ``error`` or ``timeout``; killing the runner re-runs the sample alone (``error``)
-  and the container is replaced.
+- execs a fresh interpreter as the sample uid (never a fork of anything that held a test, a
+  nonce or another sample) that receives only its program, stdin and call arguments; its
+  stdin/stdout/stderr are memfds, so no path the sample could plant is ever opened by root;
+- for function problems (HumanEval ``check(candidate)``), runs the trusted prelude and test in
+  a harness forked from the runner and dropped to a second, judge uid: non-dumpable, no
+  capabilities, unreachable by the sample's uid. The candidate is called over pipes; arguments
+  and return values cross as plain data of exact builtin types (``type(v) is int``...,
+  decoded without eval or recursion limits), so everything the test compares is an honest
+  builtin and ``==``, ``type(x) == int`` or ``is None`` mean what they mean in Python. A lying
+  ``__eq__``, ``int`` subclasses, patched builtins, ``sys.exit``/``os._exit``, frame walking,
+  ``gc`` or ``ctypes`` scans, threads, ptrace, ``/proc`` and signals only change the
+  solution's own replies. Each assertion counts itself; a report (one line with a per-run
+  nonce, on a pipe only the harness holds) passes only if the test returned and assertions
+  held. A StopIteration from the candidate is a RuntimeError in the test (PEP 479);
+- enforces the wall time with SIGKILL, then kills every process of both uids, removes their
+  SysV shm/msg/sem objects and POSIX queues, and wipes ``/tmp`` and ``/dev/shm`` as root (a
+  chmod 0500 directory stops nothing); it then proves that nothing is left, and otherwise
+  stops (``dirty``) so that the remaining jobs run in a fresh container.
+
+The host watches each batch with its own deadline. A runner that dies or hangs while its
+container still runs costs the job it was on a solo re-run (dying again alone is that job's
+``error``); a container or engine that dies is ``infra_error`` for the jobs it held after one
+retry, never the program's fault; the pool replaces dead containers under fresh names and
+gives up (infra_error, bounded time) when the engine cannot start one. Containers carry the
+label ``verirl.sandbox`` and their owner's pid; a new pool removes the ones whose owner died,
+``close()``/atexit/Ctrl-C removes its own.
 
 What it does NOT protect against
 --------------------------------
-- The solution process is forked from the runner without ``exec``, so its memory still
-  holds copies of the batch, nonces included; a nonce is useless without the report fd,
-  which only the harness holds, but it is not secret from the solution.
 - Kernel or container-runtime escapes: the engine's seccomp profile is used when the engine
   has one (``verirl sandbox doctor`` says), but a kernel bug is out of scope.
 - Timing side channels, and CPU contention between concurrent containers.
+- A dataset's own test or prompt: they run as trusted code in the harness.
 
 Process backend (no Docker; chosen automatically with a warning)
 ----------------------------------------------------------------
-The same runner as a local subprocess: rlimits, own session killed on timeout, empty
-environment, private temp dir, a fresh network and pid namespace through ``unshare`` when
-permitted (then every leftover process dies with the namespace), and uid 65534 when started as
-root. It does NOT isolate the filesystem: a program can read any file its uid can read
-(``/etc/passwd``, the repository) and write where that uid may write; without ``unshare`` it
-has the host's network. Concurrent runners share one uid, hence one RLIMIT_NPROC budget: a
-fork bomb can make a neighbouring sample's ``fork`` fail. Where the programs' uid can write
-the Python installation (a user-owned interpreter run through a user namespace), a program
-could plant a module that the test harness imports afterwards. Use it for trusted-ish code or
-where Docker cannot run.
+The same runner as a local subprocess, one per batch. Started as root (the tested case) it runs
+inside fresh network, pid, IPC, mount and UTS namespaces (``unshare``) and chroots into a
+tmpfs holding only read-only binds of the system directories and the interpreter, its own
+/proc, /tmp, /dev/shm and mqueue: the scorer's input file, the repository, host /tmp and
+other runners are not there, and host processes are invisible. Each concurrent runner gets its
+own pair of uids (sample, judge) from 61000-61999, reserved with a lock file, so RLIMIT_NPROC
+and the kill-every-process-of-the-uid cleanup are per runner. Root never follows a path a
+sample can write. What it cannot stop: the system directories it binds are readable (as in
+any container image), there is no memory cgroup (RLIMIT_AS per process instead) and no CPU
+quota. Run by a non-root user, it uses a user namespace (caps dropped, one uid for everything):
+the sample can then signal the runner and harness (scored ``error``), and where ``unshare`` is
+missing it has the host network and filesystem. Use it where Docker cannot run.
 """
 
 from __future__ import annotations
@@ -75,7 +75,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-RUNNER_SOURCE = (Path(__file__).parent / "runner.py").read_text()
+_HERE = Path(__file__).parent
+RUNNER_SOURCE = (_HERE / "runner.py").read_text()
+# Shipped in every batch: the runner execs the first as the solution, forks the second.
+SOURCES = {
+    "solution_src": (_HERE / "solution.py").read_text(),
+    "harness_src": (_HERE / "harness.py").read_text(),
+}
 SandboxKind = Literal["docker", "process", "auto"]
 
 
@@ -154,10 +160,12 @@ class Sandbox(ABC):
         atexit.register(self.close)
 
     @abstractmethod
-    def _exec(self, jobs: Sequence[Job]) -> dict[int, RunResult]:
-        """Run one batch through one runner; results by index. Missing indices: the runner
-        died or hung while on the first missing job. Raise SandboxInfraError if the sandbox
-        itself is broken."""
+    def _exec(self, jobs: Sequence[Job]) -> tuple[dict[int, RunResult], str]:
+        """Run one batch through one runner: results by index and how it ended: ``ok``;
+        ``died`` (the runner died or hung on the first missing job while its sandbox stood);
+        ``lost`` (the sandbox itself died: a killed container, a dead engine); ``dirty`` (the
+        runner could not prove a clean state and stopped). Raise SandboxInfraError when no
+        sandbox can be had at all."""
 
     def close(self) -> None:
         self._closed = True
@@ -184,24 +192,30 @@ class Sandbox(ABC):
             for b in batches:
                 one(b)
         else:
-            with ThreadPoolExecutor(self.workers) as pool:
-                try:
-                    list(pool.map(one, batches))
-                except BaseException:
-                    # Ctrl-C: tear the sandboxes down now, so the worker threads return at
-                    # once instead of waiting out their batches.
-                    self.close()
-                    raise
+            pool = ThreadPoolExecutor(self.workers)
+            try:
+                list(pool.map(one, batches))
+            except BaseException:
+                # Ctrl-C: tear the sandboxes down now (their sockets close, blocked reads
+                # return), and do not wait for the worker threads' batches.
+                self.close()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
         return [r if r is not None else RunResult(infra="no result") for r in out]
 
     def _run_resilient(self, jobs: list[Job]) -> list[RunResult]:
-        """A job that kills (or stops) the runner must not cost the others their verdicts:
-        the job it died on is re-run alone; if it kills the runner again, that is its fault."""
+        """A job that kills (or wedges) the runner must not cost the others their verdicts:
+        the job it died on is re-run alone; if the runner dies again on it alone while the
+        sandbox stands, that is its fault. A sandbox that is lost (container or engine death)
+        or dirty blames nobody: the remaining jobs are retried once in a fresh one, then they
+        are ``infra``."""
         results: list[RunResult | None] = [None] * len(jobs)
         pending = list(range(len(jobs)))
+        lost_in_a_row = 0
         while pending:
             try:
-                got = self._exec([jobs[i] for i in pending])
+                got, how = self._exec([jobs[i] for i in pending])
             except SandboxInfraError as e:
                 for i in pending:
                     results[i] = RunResult(infra=str(e))
@@ -211,16 +225,23 @@ class Sandbox(ABC):
             missing = [pending[k] for k in range(len(pending)) if k not in got]
             if not missing:
                 break
+            if how in ("lost", "dirty"):
+                lost_in_a_row = 0 if got else lost_in_a_row + 1
+                if lost_in_a_row >= 2:
+                    why = "the sandbox died twice on these jobs (container or engine failure)"
+                    for i in missing:
+                        results[i] = RunResult(infra=why)
+                    break
+                pending = missing
+                continue
+            lost_in_a_row = 0
             culprit = missing[0]
             if len(pending) == 1:
                 results[culprit] = RunResult(harness_killed=True)
-                missing = missing[1:]
-                pending = missing
-            else:
-                # Alone first: its verdict, then the rest in one batch.
-                alone = self._run_resilient([jobs[culprit]])[0]
-                results[culprit] = alone
-                pending = missing[1:]
+                break
+            # Alone first: its verdict, then the rest in one batch.
+            results[culprit] = self._run_resilient([jobs[culprit]])[0]
+            pending = missing[1:]
         return [r if r is not None else RunResult(infra="no result") for r in results]
 
 

@@ -20,21 +20,28 @@ def rep(payload: str, nonce: str = N) -> RunResult:
     return RunResult(exit=0, report=f"{nonce}:{payload}\n")
 
 
-# Verdicts from synthetic runner results: (RunResult, status)
+# Verdicts from synthetic runner results: (RunResult, status). The harness reports
+# [kind, detail, assertions held, assertions in the test's source] as JSON.
 VERDICTS = [
-    (rep("('done', [(0, '==', ('i', '0x3'), ('i', '0x3'))])"), "correct"),
-    (rep("('done', [(0, '==', ('i', '0x3'), ('f', '0x1.8p+1'))])"), "correct"),  # 3 == 3.0
-    (rep("('done', [(0, '==', ('l', [('i', '0x1')]), ('t', [('i', '0x1')]))])"), "incorrect"),
-    (rep("('done', [(0, 'truth', ('b', False))])"), "incorrect"),
-    (rep("('done', [(0, '<', ('s', 'a'), ('i', '0x1'))])"), "incorrect"),  # TypeError: false
-    (rep("('done', [(0, 'notplain', 'value of type x.Y')])"), "incorrect"),
-    (rep("('raised', 'test: AssertionError: ')"), "incorrect"),
-    (rep("('raised', 'test: ZeroDivisionError: division by zero')"), "error"),
-    (rep("('memory', 'MemoryError in test')"), "memory"),
-    (rep("('test_error', 'bad test')"), "infra_error"),
-    (rep("('done', [])", nonce="forged"), "error"),  # wrong nonce: no report at all
-    (RunResult(exit=0, report=f"{N}:('done', [])\n{N}:('done', [])\n"), "error"),  # two reports
+    (rep('["done", "2 assertions held", 2, 2]'), "correct"),
+    (rep('["done", "no assert in this test", 0, 0]'), "correct"),
+    (rep('["done", "", 0, 2]'), "incorrect"),  # returned, but no assertion ran
+    (rep('["failed", "assert #0 failed: 1 == 2 is false", 0, 1]'), "incorrect"),
+    (rep('["notplain", "candidate returned a non-plain value of type x.Y", 0, 1]'), "incorrect"),
+    (rep('["raised", "test: ZeroDivisionError: division by zero", 0, 1]'), "error"),
+    (rep('["memory", "MemoryError in test", 0, 1]'), "memory"),
+    (rep('["test_error", "bad test", 0, 0]'), "infra_error"),
+    (rep('["done", "", 1, 1]', nonce="forged"), "error"),  # wrong nonce: no report at all
+    (rep("('done', [])"), "error"),  # malformed
+    (rep('["done", "", "1", 1]'), "error"),  # malformed count
+    (RunResult(exit=0, report=f'{N}:["done", "", 1, 1]\n{N}:["done", "", 1, 1]\n'), "error"),
     (RunResult(exit=0, report=""), "error"),
+    (
+        RunResult(exit=1, stderr="Traceback (most recent call last):\n  ...\nMemoryError\n"),
+        "memory",
+    ),
+    # A correct program may print the word: only the trusted report counts.
+    (RunResult(exit=0, stderr="MemoryError\n", report=f'{N}:["done", "", 1, 1]\n'), "correct"),
     (RunResult(timed_out=True, wall=2.0), "timeout"),
     (RunResult(harness_killed=True), "error"),
     (RunResult(infra="container died"), "infra_error"),
@@ -54,6 +61,10 @@ def test_stdio_verdict_and_whitespace_tolerance():
     assert stdio_verdict([ok, RunResult(exit=1)], ["1 2\n3", ""]).status == "error"
     assert stdio_verdict([RunResult(exit=0, stdout="4")], ["3"]).status == "incorrect"
     assert not outputs_match("a  b", "a b")
+    printed = RunResult(exit=0, stdout="3\n", stderr="MemoryError\n")  # printed, not raised
+    assert stdio_verdict([printed], ["3"]).status == "correct"
+    died = RunResult(exit=1, stderr="Traceback (most recent call last):\nMemoryError\n")
+    assert stdio_verdict([died], ["3"]).status == "memory"
 
 
 def test_code_envs_are_registered():

@@ -94,16 +94,24 @@ CASES: dict[str, tuple[str, set[str]]] = {
         "        os.write(fd, b\"x:('done', [])\\n\")\n    except OSError:\n        pass\n" + WRONG,
         {"incorrect", "error"},  # the forged line garbles the solution's reply channel
     ),
-    "kill_parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n" + OK, {"error"}),
-    # Kills the runner where it may (Docker: same uid); elsewhere it kills nothing of ours.
-    "kill_everything": (
-        "import os, signal\nos.kill(-1, signal.SIGKILL)\n" + OK,
-        {"error", "correct"},
+    # The parent (the zygote), pid 1 and the runner are root: every signal is refused.
+    "signal_parent_pid1_runner": (
+        probe(
+            "import os, signal\nleak = False\n"
+            "runner = [p for p in os.listdir('/proc') if p.isdigit()\n"
+            "          and open(f'/proc/{p}/cmdline', 'rb').read().endswith(b'serve\\0')]\n"
+            "for pid in [os.getppid(), 1] + [int(p) for p in runner]:\n"
+            "    for sig in (signal.SIGSTOP, signal.SIGKILL):\n"
+            "        try:\n            os.kill(pid, sig)\n            leak = True\n"
+            "        except OSError:\n            pass"
+        ),
+        {"correct"},
     ),
-    # Stops the harness process: the sample runs out of wall time (or stops the runner).
-    "stop_parent": (
-        "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\n" + OK,
-        {"error", "timeout"},
+    # Reaches only the sample's own uid (the harness is another): nothing of ours dies.
+    "kill_everything": (
+        "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass\n"
+        + OK,
+        {"correct"},
     ),
     # The honest answer with a double-forked daemon left running: correct, but it must die.
     "double_fork_daemon": (
@@ -269,16 +277,17 @@ if libc.process_vm_readv(p, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) 
 
 CASES.update(
     {
-        "frame_walk_forge": (FRAME_WALK, {"error", "incorrect"}),
-        "gc_scan_forge": (GC_SCAN, {"error", "incorrect"}),
-        "ctypes_memory_forge": (CTYPES_SCAN, {"error", "incorrect"}),
-        "patching_thread": (PATCHING_THREAD, {"error", "incorrect"}),
+        # Not a pass; a scan of the whole address space may also run out of wall time.
+        "frame_walk_forge": (FRAME_WALK, {"error", "incorrect", "timeout"}),
+        "gc_scan_forge": (GC_SCAN, {"error", "incorrect", "timeout"}),
+        "ctypes_memory_forge": (CTYPES_SCAN, {"error", "incorrect", "timeout"}),
+        "patching_thread": (PATCHING_THREAD, {"error", "incorrect", "timeout"}),
         "proc_parent_mem_environ_fd": (probe(PROC_PARENT), {"correct"}),
         "ptrace_parent": (probe(PTRACE_PARENT), {"correct"}),
     }
 )
 
-# Processes in a container other than pid 1, this probe, and the pool's persistent runner.
+# Processes in a container other than pid 1, this probe, the persistent runner and its zygote.
 LIST_PIDS = """
 import os
 def cmd(p):
@@ -287,21 +296,17 @@ def cmd(p):
     except OSError:
         return []
 print([p for p in os.listdir("/proc") if p.isdigit() and p not in ("1", str(os.getpid()))
-       and cmd(p)[-2:] != [b"serve", b""]])
+       and cmd(p)[-2:] != [b"serve", b""] and b"vr-zygote" not in cmd(p)])
 """
 
-# Docker only: the process backend shares the host's /tmp and /proc (documented); its leftover
-# processes are checked from the host after the batch instead.
-DOCKER_ONLY: dict[str, tuple[str, set[str]]] = {
+# Both backends have a private /tmp and /proc (Docker: the container; process: the jail).
+AFTER_DAEMON: dict[str, tuple[str, set[str]]] = {
     "double_fork_daemon_again": CASES["double_fork_daemon"],
     # Runs right after the daemon in the same runner: sees no trace of it.
     "no_leak_from_previous": (
         probe(
-            # The solution process's parent is the harness, whose parent is the runner.
-            "import os\nppid = open(f'/proc/{os.getppid()}/status').read()\n"
-            "runner = int(ppid.split('PPid:')[1].split()[0])\n"
-            f"leak = os.path.exists('/tmp/{MARKER}') or any(\n"
-            "    p.isdigit() and int(p) not in (1, os.getpid(), os.getppid(), runner)\n"
+            f"import os\nleak = os.path.exists('/tmp/{MARKER}') or any(\n"
+            "    p.isdigit() and int(p) != os.getpid()\n"
             "    and open(f'/proc/{p}/status').read().find('State:\\tZ') < 0\n"
             "    and os.stat(f'/proc/{p}').st_uid == os.getuid()\n"
             "    for p in os.listdir('/proc'))"
@@ -318,7 +323,10 @@ HOST_FILE_CASES = {
 }
 
 
-def _leftover_processes(uid: int) -> list[str]:
+def _leftover_processes() -> list[str]:
+    """Host processes of the process backend's sandbox uids, or carrying the daemon marker."""
+    from verirl.sandboxes.process import UID_BASE, UID_SLOTS
+
     found = []
     for p in os.listdir("/proc"):
         if not p.isdigit():
@@ -328,7 +336,7 @@ def _leftover_processes(uid: int) -> list[str]:
             cmd = open(f"/proc/{p}/cmdline", "rb").read()
         except OSError:
             continue
-        if st.st_uid == uid or MARKER.encode() in cmd:
+        if UID_BASE <= st.st_uid < UID_BASE + 2 * UID_SLOTS or MARKER.encode() in cmd:
             found.append(f"{p}: {cmd[:80]!r}")
     return found
 
@@ -356,11 +364,10 @@ def host_dir():
 def backend(request):
     if request.param == "docker":
         return "docker", request.getfixturevalue("docker_pool")
-    # One runner at a time: concurrent process-backend samples share one uid's process budget
-    # (RLIMIT_NPROC), so a fork bomb could starve its neighbour (a documented weakness).
+    # One runner, so that the cases after the daemon run after it in the same runner.
     from verirl.sandboxes.process import ProcessSandbox
 
-    sb = ProcessSandbox(workers=1)
+    sb = ProcessSandbox(workers=1, batch_size=64)
     request.addfinalizer(sb.close)
     return "process", sb
 
@@ -368,8 +375,7 @@ def backend(request):
 def test_abuse_cases_get_honest_verdicts(backend, host_dir, monkeypatch):
     kind, sandbox = backend
     cases = dict(CASES)
-    if kind == "docker":
-        cases.update(DOCKER_ONLY)
+    cases.update(AFTER_DAEMON)
     if kind == "process" and not getattr(sandbox, "isolated_network", False):
         cases.pop("connect_out")  # without unshare the process backend has the host network
     secret = host_dir / "secret.txt"
@@ -390,19 +396,23 @@ def test_abuse_cases_get_honest_verdicts(backend, host_dir, monkeypatch):
             tmp = ctr.exec_run(["ls", "-A", "/tmp"]).output.decode().split()
             assert tmp == [], tmp
     else:
-        assert _leftover_processes(65534) == []
-        if os.path.exists(f"/tmp/{MARKER}"):  # the shared host /tmp: a documented weakness
-            os.unlink(f"/tmp/{MARKER}")
+        assert _leftover_processes() == []
+        assert not os.path.exists(f"/tmp/{MARKER}")  # the jail's /tmp, not the host's
 
 
-def test_process_backend_reads_world_readable_host_files(process_sandbox, host_dir, monkeypatch):
-    """Documented weakness: no filesystem isolation without Docker."""
+def test_process_backend_jail_hides_world_readable_host_files(
+    process_sandbox, host_dir, monkeypatch
+):
+    """Run as root, the process backend chroots into system directories only: a world-
+    readable file elsewhere on the host (the scorer's input, the repository) is not there."""
+    assert process_sandbox.jailed
     f = host_dir / "public.txt"
     f.write_text("secret")
     os.chmod(f, 0o644)
-    code = probe(f"leak = open({str(f)!r}).read() == 'secret'")
+    repo = Path(__file__).resolve()
+    code = probe(f"import os\nleak = os.path.exists({str(f)!r}) or os.path.exists({str(repo)!r})")
     v = _run_cases(process_sandbox, {"read": (code, set())}, monkeypatch)["read"]
-    assert v.status == "incorrect"  # the probe saw the file: the process backend cannot hide it
+    assert v.status == "correct", v
 
 
 @pytest.mark.parametrize("kind", [pytest.param("docker", marks=pytest.mark.docker), "process"])
