@@ -40,6 +40,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "verirl.envs.arithmetic",
     "verirl.envs.math_envs",
     "verirl.envs.code_envs",
+    "verirl.envs.reward_model_env",
 )
 
 _REGISTRY: dict[str, type[Environment]] = {}

@@ -149,6 +149,12 @@ def _dpo(args: argparse.Namespace) -> int:
     return dpo_command(args.config, args.overrides, resume=args.resume, overwrite=args.overwrite)
 
 
+def _rm(args: argparse.Namespace) -> int:
+    from verirl.train.rm import rm_command
+
+    return rm_command(args.config, args.overrides, resume=args.resume, overwrite=args.overwrite)
+
+
 def _curate(args: argparse.Namespace) -> int:
     from verirl.curate import curate_command
 
@@ -214,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("sft", _sft, "supervised warm start"),
         ("train", _train, "RL training (GRPO/PPO)"),
         ("dpo", _dpo, "preference optimisation on chosen/rejected pairs (DPO, IPO)"),
+        ("rm", _rm, "Bradley-Terry reward model on chosen/rejected pairs (not a verifier)"),
     ):
-        resumable = name in ("train", "dpo")
+        resumable = name in ("train", "dpo", "rm")
         t = sub.add_parser(name, help=what)
         t.add_argument(
             "config",
