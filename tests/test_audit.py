@@ -14,11 +14,11 @@ import pytest
 from verirl.envs import Environment, Prompt, Row, make_env
 from verirl.rewards.combine import combine
 from verirl.rewards.result import RewardResult
-from vr_lenient_env import LenientEnv
+from vr_lenient_env import LenientCodeEnv, LenientEnv
 
 from verirl.audit import audit_env
 from verirl.audit.battery import could_be_gold, perturbed_gold_probes
-from verirl.audit.runner import AuditReport
+from verirl.audit.runner import AuditError, AuditReport
 from verirl.cli import main
 
 LENIENT = str(Path(__file__).with_name("vr_lenient_env.py")) + ":LenientEnv"
@@ -100,6 +100,17 @@ def test_cli_exit_codes_and_report_files(
     assert main(["audit", LENIENT, "--rows", "0", "--quiet"]) == 2
 
 
+def test_lenient_code_env_is_flagged_with_the_programs_that_beat_it() -> None:
+    report = audit_env(LenientCodeEnv(), rows=2)
+    hacks = set(_examples(report))
+    assert {
+        "return a catch-all object", "return a lying int subclass", "sys.exit(0) at import",
+        "os._exit(0) at import", "raise SystemExit(0) when called",
+        "read the tests (memory, files, /proc, env)",
+    } <= hacks  # fmt: skip
+    assert "return None" not in hacks and not _examples(report, "false_negative")
+
+
 class _StrictEnv(Environment):
     """Exact match of the whole stripped completion: no hack, but it rejects boxed answers."""
 
@@ -148,6 +159,18 @@ def test_poison_completion_is_isolated_and_reported() -> None:
     assert all(f.poisoned_batch > 0 for f in report.findings)
 
 
+class _DownEnv(_StrictEnv):
+    name = "vr-down"
+
+    def score(self, completion: str, row: Row) -> RewardResult:
+        raise ConnectionError("engine down")
+
+
+def test_an_env_that_cannot_score_is_an_error_not_a_pass() -> None:
+    with pytest.raises(AuditError, match=r"cannot score: .*engine down"):
+        audit_env(_DownEnv(), rows=2)
+
+
 class _LenientFormatEnv(_StrictEnv):
     """Correct on the <answer> content, plus 0.1 whenever an <answer> tag appears at all."""
 
@@ -175,12 +198,11 @@ def test_format_bonus_for_broken_tags_is_a_hack_but_not_for_a_tidy_wrong_answer(
 
 
 # ---- every built-in environment passes its audit -----------------------------------------------
+# Placeholder golds until the math guard's GUARD_GOLDS land.
 MATH_GOLDS = [
     r"\frac{5}{6}", "3", "-2", "0", r"\sqrt{2}", r"2\sqrt{3}", r"\pi", r"\frac{\pi}{4}",
     "(1, 2)", "[2, 5)", r"(-\infty, 3]", r"\{1, 2, 3\}", "x^2 + 1", "y = 2x + 3",
-    r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\text{Evelyn}", "B", r"25\%", r"30^\circ",
-    "3 + 4i", "1000000", "0.25", r"-\frac{1}{2}", "e", r"\infty", "1024", r"\frac{1+\sqrt{5}}{2}",
-    "12", r"\dfrac{14}{3}", "x \\geq 5",
+    r"\text{Evelyn}", "B", r"25\%", r"30^\circ", "3 + 4i", "1000000", "0.25", r"-\frac{1}{2}",
 ]  # fmt: skip
 
 
@@ -224,18 +246,18 @@ def _builtin_env(name: str, tmp: Path) -> Environment:
                 for n in (72, 10, 5, 1024, 0, 18, 3, 150)]  # fmt: skip
         return make_env("gsm8k", data=_jsonl(tmp / "g.jsonl", rows))
     if name == "code":
-        return make_env("code", data=_jsonl(tmp / "c.jsonl", FUNCTION_ROWS), timeout=2.0)
+        return make_env("code", data=_jsonl(tmp / "c.jsonl", FUNCTION_ROWS), timeout=3.0)
     if name == "stdio":
-        return make_env("stdio", data=_jsonl(tmp / "s.jsonl", STDIO_ROWS), timeout=2.0)
+        return make_env("stdio", data=_jsonl(tmp / "s.jsonl", STDIO_ROWS), timeout=3.0)
     if name == "humaneval":
-        return make_env("humaneval", timeout=2.0)
+        return make_env("humaneval", timeout=3.0)
     return make_env(name)
 
 
 @pytest.mark.parametrize(
     ("name", "rows"),
-    [("arithmetic", 50), ("math", 50), ("math+format", 50), ("math500", 50), ("gsm8k", 50),
-     ("reasoning_gym", 50), ("code", 2), ("stdio", 2), ("humaneval", 2)],
+    [("arithmetic", 50), ("math", 50), ("math+format", 10), ("math500", 10), ("gsm8k", 8),
+     ("reasoning_gym", 50), ("code", 1), ("stdio", 2), ("humaneval", 2)],
 )  # fmt: skip
 def test_builtin_env_passes_its_audit(name: str, rows: int, tmp_path: Path, request: Any) -> None:
     env = _builtin_env(name, tmp_path)

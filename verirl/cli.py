@@ -122,6 +122,15 @@ def _score(args: argparse.Namespace) -> int:
     total = sum(counts.values())
     summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     print(f"scored {total} rows: wrote {args.output} ({summary})")
+    if counts.get("infra_error"):
+        # The sandbox (or the scorer) failed on these rows: their reward says nothing about the
+        # completions. Every row is written (see its `detail`); the exit code says it.
+        print(
+            f"verirl score: {counts['infra_error']} of {total} rows are infra_error (the sandbox "
+            "failed, not the completions; see each row's detail, e.g. `verirl sandbox doctor`)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -271,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--workers", type=int, default=None, help="concurrent checks")
     au.add_argument("--gold", metavar="FIELD", help="row field with the gold (default answer)")
     au.add_argument("--out", metavar="DIR", help="write audit.json and report.md here")
+    au.add_argument("--exhaustive", action="store_true", help="every candidate on every row")
     au.add_argument("--quiet", action="store_true", help="no progress bar")
     au.set_defaults(func=_audit)
     return p

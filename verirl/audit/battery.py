@@ -177,9 +177,12 @@ def others(gold: str, k: int) -> list[str]:
 
 
 # ---- the batteries ---------------------------------------------------------------------------
-def generic_probes(prompt_text: str, gold: str | None, tags: Sequence[str]) -> list[Probe]:
+def generic_probes(
+    prompt_text: str, gold: str | None, tags: Sequence[str], floods: bool = True
+) -> list[Probe]:
     """Junk for any env: nothing, the prompt back, skeletons, floods, broken text, every style
-    at once with wrong values. All must score 0 in total."""
+    at once with wrong values. All must score 0 in total. The floods (100 kB each) test the
+    scorer's robustness, not the row: `floods` is set on the first rows only."""
     w = others(gold or "", 6)
     everything = (
         f"<think>{w[0]}</think>\n<answer>{w[1]}</answer>\n\\boxed{{{w[2]}}}\n"
@@ -193,28 +196,35 @@ def generic_probes(prompt_text: str, gold: str | None, tags: Sequence[str]) -> l
         ("tag skeleton", skeleton),
         ("empty box", "The answer is $\\boxed{}$."),
         ("bare answer phrases", "Final Answer:\nThe answer is\n####"),
-        ("10^5 digits", "9" * 100_000),
-        ("repeated words", "the answer is " * 5_000),
-        ("5000 unclosed boxes", "\\boxed{" * 5_000),
-        ("repeated answer tags", f"<answer>{w[0]}</answer>" * 2_000),
         ("lone surrogate", "\ud800"),
         ("surrogates in an answer", f"\\boxed{{\udcff{w[0]}\udc80}} \ud83d"),
         ("NUL and replacement chars", "\x00" * 64 + "\ufffd" * 64),
         ("every answer style at once", everything),
     ]
+    if floods:
+        cases += [
+            ("10^5 digits", "9" * 100_000),
+            ("repeated words", "the answer is " * 5_000),
+            ("5000 unclosed boxes", "\\boxed{" * 5_000),
+            ("repeated answer tags", f"<answer>{w[0]}</answer>" * 2_000),
+        ]
+    if gold is not None and could_be_gold(prompt_text, gold):  # an echo task: the prompt is right
+        cases = [(n, c) for n, c in cases if n != "the prompt echoed"]
     return [Probe("generic", n, "-", c, "zero") for n, c in cases]
 
 
-def math_probes(gold: str, tags: Sequence[str], styles: Sequence[str] | None = None) -> list[Probe]:
+def math_probes(gold: str, tags: Sequence[str], row: int = 0, stride: int = 1) -> list[Probe]:
     """The universal-answer candidates (degenerate values, hedges, lists, catch-alls, from
-    `verirl.rewards.math_guard`) in `styles` (default: every style), skipping those that
-    might be this gold."""
-    chosen = [(s, STYLES[s]) for s in styles] if styles is not None else list(STYLES.items())
+    `verirl.rewards.math_guard`) in every style, skipping those that might be this gold.
+
+    With ``stride`` s > 1 row i gets every s-th (candidate, style) pair, shifted by i: over
+    consecutive rows each pair meets rows/s different golds, at 1/s of the cost.
+    """
+    pairs = [(c, s, r) for c in UNIVERSAL_CANDIDATES for s, r in STYLES.items()]
     return [
         Probe("math", cand, style, render(cand, tags), "zero_correct")
-        for cand in UNIVERSAL_CANDIDATES
-        if not could_be_gold(cand, gold)
-        for style, render in chosen
+        for k, (cand, style, render) in enumerate(pairs)
+        if (k + row) % stride == 0 and not could_be_gold(cand, gold)
     ]
 
 
@@ -258,6 +268,11 @@ def perturbed_gold_probes(gold: str, tags: Sequence[str]) -> list[Probe]:
          f"First I got $\\boxed{{{g}}}$, but actually it is $\\boxed{{{a}}}$."),
     ):  # fmt: skip
         probes.append(Probe("perturbed", name, "boxed", text, "zero_correct"))
+    if len(tags) >= 2:  # the gold only in the reasoning; the stated answer is another value
+        first, last = tags[0], tags[-1]
+        text = f"<{first}>The answer is {g}.</{first}>\n<{last}>{a}</{last}>"
+        probes.append(Probe("perturbed", f"{{gold}} in <{first}>, {{alt}} in <{last}>",
+                            "answer_tag", text, "zero_correct"))  # fmt: skip
     return probes
 
 

@@ -27,6 +27,7 @@ def audit_command(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=not args.quiet,
             gold_field=args.gold,
+            exhaustive=args.exhaustive,
         )
     print_report(report)
     if args.out:

@@ -19,7 +19,7 @@ from verirl.audit.battery import Probe
 # Bounded search for text holding the tests: memory (containers reachable from gc and the
 # frames), files (cwd and its parents, /tmp, paths on any process's command line), environment.
 _SCAN = r"""
-import gc as _gc, os as _os, sys as _sys, time as _time
+import gc as _gc, os as _os, stat as _stat, sys as _sys, time as _time
 
 def _texts(marker):
     out, seen, t0 = [], set(), _time.time()
@@ -45,26 +45,39 @@ def _texts(marker):
         for pid in _os.listdir("/proc"):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    paths += fh.read().decode("utf-8", "replace").split("\0")
+                    args = fh.read().decode("utf-8", "replace").split("\0")
+                for a in args:  # `python -c SOURCE` carries the test in its command line
+                    add(a)
+                paths += args
                 with open(f"/proc/{pid}/environ", "rb") as fh:
                     add(fh.read().decode("utf-8", "replace"))
             except Exception:
                 pass
     except Exception:
         pass
-    roots, d = ["/tmp", "/dev/shm"], _os.getcwd()
-    for _ in range(4):
-        roots.append(d); d = _os.path.dirname(d)
+    if out:  # found in memory or a command line: no need to walk the disk
+        return out
+    roots, d = ["/tmp", "/dev/shm", "/var/tmp"], _os.getcwd()
+    for _ in range(3):
+        if d != "/":
+            roots.append(d)
+        d = _os.path.dirname(d)
+    paths = [p.partition("=")[2] if "=" in p else p for p in paths]  # --opt=/path, data=/path
     n = 0
-    for p in [p for p in paths if p.startswith("/")] + roots:
-        for dirpath, _dirs, files in (_os.walk(p) if _os.path.isdir(p) else [("", [], [p])]):
+    for p in [p for p in paths if p.startswith("/") and p != "/"] + roots:
+        if p.startswith(("/proc", "/sys", "/dev/")) and not p.startswith("/dev/shm"):
+            continue
+        for dirpath, dirs, files in (_os.walk(p) if _os.path.isdir(p) else [("", [], [p])]):
+            dirs[:] = [x for x in dirs if x not in (".git", ".venv", "node_modules")][:50]
             for name in files:
                 n += 1
                 if n > 3000 or _time.time() - t0 > 2.0:
                     return out
+                f = _os.path.join(dirpath, name)
                 try:
-                    with open(_os.path.join(dirpath, name), errors="replace") as fh:
-                        add(fh.read(1 << 20))
+                    if _stat.S_ISREG(_os.stat(f).st_mode):  # never a fifo or a device
+                        with open(f, errors="replace") as fh:
+                            add(fh.read(1 << 20))
                 except Exception:
                     pass
     return out

@@ -56,7 +56,7 @@ def print_report(report: AuditReport) -> None:
         markup=False,
     )
     for note in report.notes:
-        console.print(f"note: {note}", markup=False)
+        console.print(f"note: {shown(note, 300)}", markup=False)
     if report.ok:
         console.print("no findings", style="green")
         return

@@ -39,7 +39,10 @@ ANSWER_KINDS = frozenset(
     {"exact-integer", "exact-match", "math-equivalence", "task-scorer", "math"}
 )
 KNOWN_KINDS = ANSWER_KINDS | {"format", "unit-tests", "io-tests"}
-ALL_STYLE_ROWS = 10  # rows on which universal candidates are written in every style
+# Each universal candidate, in each style, meets this many rows (all with `exhaustive`): a
+# universal answer shows on any ten golds, and 50 rows of a symbolic checker stay under a minute.
+CANDIDATE_ROWS = 10
+FLOOD_ROWS = 2  # rows that get the 100 kB junk completions (robustness, not row-dependent)
 MAX_RESCORES = 400  # score_batch calls spent isolating infra_error results, at most
 
 
@@ -203,16 +206,13 @@ def _tags(env: Environment) -> tuple[str, ...]:
 
 def probes_for_row(
     env: Environment, row: Row, index: int, batteries: Sequence[str], gold: str | None,
-    styles: Sequence[str],
+    styles: Sequence[str], stride: int = 1,
 ) -> list[Probe]:  # fmt: skip
     """Every probe of the selected batteries for one row."""
     tags = _tags(env)
-    probes = generic_probes(_prompt_text(env, row), gold, tags)
+    probes = generic_probes(_prompt_text(env, row), gold, tags, floods=index < FLOOD_ROWS)
     if "answer" in batteries and gold is not None:
-        # Every style on the first rows; the promised ones (and bare) on the rest: a universal
-        # answer is universal, and this keeps 50 rows of a symbolic checker under a minute.
-        wide = index < ALL_STYLE_ROWS
-        probes += math_probes(gold, tags, None if wide else list(dict.fromkeys(["bare", *styles])))
+        probes += math_probes(gold, tags, index, stride)
         probes += perturbed_gold_probes(gold, tags)
         probes += gold_probes(gold, styles, tags)
     if "format" in batteries:
@@ -260,8 +260,9 @@ def _isolate(
     c = _canary(completions, bad)
     alone = env.score_batch([completions[c]], [rows[c]], workers=workers)[0]
     if alone.status == "infra_error" and len(bad) > len(results) // 2:
+        why = alone.detail[:300].encode("utf-8", "backslashreplace").decode("utf-8")
         raise AuditError(f"env {env.name!r} cannot score: {len(bad)} of {len(results)} probes "
-                         f"gave infra_error, a plain one alone too ({alone.detail[:300]})")  # fmt: skip
+                         f"gave infra_error, a plain one alone too ({why})")  # fmt: skip
     fixed = list(results)
     calls = 0
 
@@ -302,8 +303,12 @@ def audit_env(
     workers: int | None = None,
     progress: bool = False,
     gold_field: str | None = None,
+    exhaustive: bool = False,
 ) -> AuditReport:
-    """Score the battery on the first `rows` rows of `split` and report every finding."""
+    """Score the battery on the first `rows` rows of `split` and report every finding.
+
+    Universal candidates rotate over the rows (each meets `CANDIDATE_ROWS` of them) unless
+    `exhaustive`; every other probe runs on every row."""
     if rows < 1:
         raise ConfigError(f"--rows must be >= 1, got {rows}")
     t0 = time.perf_counter()
@@ -316,12 +321,19 @@ def audit_env(
     unknown = sorted(set(env.reward_kinds) - KNOWN_KINDS)
     if unknown:
         report.notes.append(f"reward kinds {unknown} unknown to the audit; batteries: {batteries}")
+    stride = 1 if exhaustive else max(1, len(data) // CANDIDATE_ROWS)
+    if stride > 1 and "answer" in batteries:
+        report.notes.append(
+            f"each universal candidate was tried on {len(data) // stride}+ of {len(data)} rows "
+            "per style (--exhaustive: on all)"
+        )
     plan: list[tuple[int, Probe, str | None]] = []
     missing_gold = 0
     for i, row in enumerate(data):
         gold = gold_of(env, row, gold_field) if "answer" in batteries else None
         missing_gold += "answer" in batteries and gold is None
-        plan += [(i, p, gold) for p in probes_for_row(env, row, i, batteries, gold, styles)]
+        probes = probes_for_row(env, row, i, batteries, gold, styles, stride)
+        plan += [(i, p, gold) for p in probes]
     if missing_gold:
         field_name = gold_field or "answer"
         report.notes.append(
