@@ -100,14 +100,23 @@ class _SandboxedEnv(Environment):
         raise NotImplementedError
 
 
+def _isolated(fn: Any, what: str) -> RewardResult:
+    """One row's verdict; an exception (a bug, or a value nothing can print) costs only this
+    row, as infra_error naming it, never the batch."""
+    try:
+        return fn()
+    except Exception as e:
+        return RewardResult.infra(f"{what}: {type(e).__name__}: {str(e)[:300]}")
+
+
 class _FunctionTestEnv(_SandboxedEnv):
     fields = ("prompt", "test", "entry_point")
 
     def _score_all(self, completions: list[str], rows: list[Row], pool: Any) -> list[RewardResult]:
         from verirl.sandboxes.sandbox import Job
 
-        jobs = [
-            Job(
+        def job(c: str, r: Row) -> Job:
+            return Job(
                 "function",
                 function_program(str(r["prompt"]), c, str(r["entry_point"])),
                 test=str(r["test"]),
@@ -116,10 +125,23 @@ class _FunctionTestEnv(_SandboxedEnv):
                 timeout=self.timeout,
                 memory_mb=self.memory_mb,
             )
-            for c, r in zip(completions, rows, strict=True)
+
+        jobs: list[Job | RewardResult] = [
+            _isolated(lambda c=c, r=r: job(c, r), f"row {i}")  # type: ignore[misc]
+            for i, (c, r) in enumerate(zip(completions, rows, strict=True))
         ]
-        runs = pool.run(jobs)
-        return [function_verdict(run, job.nonce) for run, job in zip(runs, jobs, strict=True)]
+        real = [j for j in jobs if isinstance(j, Job)]
+        runs = iter(pool.run(real) if real else [])
+        out = []
+        for i, j in enumerate(jobs):
+            if isinstance(j, RewardResult):
+                out.append(j)
+            else:
+                run = next(runs)
+                out.append(
+                    _isolated(lambda j=j, run=run: function_verdict(run, j.nonce), f"row {i}")
+                )
+        return out
 
 
 @register_env
@@ -176,33 +198,47 @@ class StdioEnv(_SandboxedEnv):
             _check_tests(r.get("tests"), f"{self.data}: row {i}")
         return rows
 
+    def validate_rows(self, rows: Sequence[Row], source: str, extra: Sequence[str] = ()) -> None:
+        super().validate_rows(rows, source, extra)
+        for i, r in enumerate(rows):
+            _check_tests(r.get("tests"), f"{source}: row {i}")
+
     def _score_all(self, completions: list[str], rows: list[Row], pool: Any) -> list[RewardResult]:
         from verirl.sandboxes.sandbox import Job
 
         jobs: list[Job] = []
-        spans: list[tuple[int, int, list[str], bool]] = []
-        results: list[RewardResult] = []
+        spans: list[tuple[int, int, list[str], bool] | RewardResult] = []
         for i, (c, r) in enumerate(zip(completions, rows, strict=True)):
-            tests = _check_tests(r.get("tests"), f"row {i + 1}")
-            code = extract_code(c)
-            start = len(jobs)
-            for t in tests:
-                jobs.append(
+            try:  # a malformed row costs only itself
+                tests = _check_tests(r.get("tests"), f"row {i}")
+                expected = [str(t["output"]) for t in tests]
+                row_jobs = [
                     Job(
                         "stdio",
-                        code,
+                        extract_code(c),
                         stdin=str(t["input"]),
                         timeout=self.timeout,
                         memory_mb=self.memory_mb,
                     )
-                )
-            spans.append((start, len(jobs), [str(t["output"]) for t in tests], bool(code.strip())))
-        runs = pool.run(jobs) if jobs else []
-        for start, end, expected, has_code in spans:
+                    for t in tests
+                ]
+            except Exception as e:
+                spans.append(RewardResult.infra(f"row {i}: {type(e).__name__}: {e}"))
+                continue
+            has_code = bool(row_jobs[0].code.strip())
+            spans.append((len(jobs), len(jobs) + len(row_jobs), expected, has_code))
+            jobs += row_jobs if has_code else []
             if not has_code:
-                results.append(RewardResult(0.0, "format_error", detail="no code in completion"))
+                spans[-1] = RewardResult(0.0, "format_error", detail="no code in completion")
+        runs = pool.run(jobs) if jobs else []
+        results: list[RewardResult] = []
+        for i, span in enumerate(spans):
+            if isinstance(span, RewardResult):
+                results.append(span)
             else:
-                results.append(stdio_verdict(runs[start:end], expected))
+                start, end, want, _ = span
+                got = runs[start:end]
+                results.append(_isolated(lambda g=got, w=want: stdio_verdict(g, w), f"row {i}"))
         return results
 
 

@@ -57,7 +57,7 @@ def defines_function(code: str, name: str) -> bool:
     """
     try:
         tree = ast.parse(code)
-    except SyntaxError:
+    except (SyntaxError, ValueError):  # ValueError: a lone surrogate, a NUL byte
         return False
     return any(
         isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == name for n in tree.body

@@ -103,7 +103,7 @@ def short(v, n=120):
     """A bounded repr that never raises (ints past repr's digit limit, cycles, huge lists).
 
     >>> short(10**5000), short("x" * 200, 10)
-    ('<int of 5001 digits>', "'xxxxx...")
+    ('<int of 5001 digits>', "'xxxxxx...")
     """
     if type(v) is int and v.bit_length() > 4000:
         return f"<int of {len(format(v, 'x')) * 1233 // 1024 + 1} digits>"
