@@ -30,8 +30,10 @@ import numpy as np
 from verirl.errors import UserError
 
 __all__ = [
+    "avg_at_n",
     "bootstrap_ci",
     "bootstrap_curve_ci",
+    "maj_at_k",
     "pass_at_k",
     "pass_at_k_array",
     "pass_at_k_curve",
@@ -172,3 +174,68 @@ def per_problem_matrix(n: Sequence[int] | np.ndarray, c: Sequence[int] | np.ndar
         raise UserError("pass@k: no problems")
     kmax = int(n_arr.min())
     return np.stack([pass_at_k_array(n, c, k) for k in range(1, kmax + 1)], axis=1)
+
+
+# Above this many k-subsets, maj@k averages over this many seeded random subsets instead.
+MAJ_EXACT_SUBSETS = 5000
+MAJ_DRAWS = 2000
+
+
+def _vote(clusters: Sequence[int | None], credit: Sequence[float], subset: Sequence[int]) -> float:
+    """Credit of one k-subset's plurality answer: ties split the credit evenly (the expected
+    value of a random tie-break); samples without an answer abstain; no vote at all scores 0."""
+    votes: dict[int, int] = {}
+    for i in subset:
+        cid = clusters[i]
+        if cid is not None:
+            votes[cid] = votes.get(cid, 0) + 1
+    if not votes:
+        return 0.0
+    top = max(votes.values())
+    winners = [c for c, v in votes.items() if v == top]
+    return sum(credit[c] for c in winners) / len(winners)
+
+
+def maj_at_k(
+    clusters: Sequence[int | None], credit: Sequence[float], k: int, *, seed: int = 0
+) -> float:
+    """maj@k for one problem: the chance that the majority answer of k of its n samples, drawn
+    without replacement, is correct (self-consistency, Wang et al. 2023, arXiv:2203.11171).
+
+    ``clusters[i]`` is sample i's answer cluster (equivalent answers share an id; None: no
+    answer, which abstains), ``credit[c]`` the correctness of cluster c in [0, 1] (the share of
+    its samples the checker accepted: 1 or 0 when the checker is consistent). The value is the
+    mean over all C(n, k) subsets, exact when there are at most ``MAJ_EXACT_SUBSETS`` of them,
+    else over ``MAJ_DRAWS`` seeded random subsets. maj@1 equals the mean credit, i.e. pass@1.
+
+    >>> maj_at_k([0, 0, 1], [1.0, 0.0], 3)  # votes 2:1 for the right answer
+    1.0
+    >>> round(maj_at_k([0, 0, 1], [1.0, 0.0], 2), 6)  # {0,0}: 1, {0,1} twice: a tie, ½ each
+    0.666667
+    >>> maj_at_k([0, 1, None], [0.0, 1.0], 3)  # a 1:1 tie between a wrong and a right answer
+    0.5
+    """
+    from itertools import combinations
+    from math import comb
+
+    n = len(clusters)
+    _check(n, 0, k)
+    if comb(n, k) <= MAJ_EXACT_SUBSETS:
+        subsets: Sequence[Sequence[int]] = list(combinations(range(n), k))
+    else:
+        rng = np.random.default_rng(seed)
+        subsets = [rng.choice(n, size=k, replace=False).tolist() for _ in range(MAJ_DRAWS)]
+    return float(np.mean([_vote(clusters, credit, s) for s in subsets]))
+
+
+def avg_at_n(n: Sequence[int] | np.ndarray, c: Sequence[int] | np.ndarray) -> float:
+    """avg@n: accuracy averaged over all n samples of every problem, mean_p c_p / n_p (what
+    DeepSeek-R1 reports as "pass@1 averaged over n samples"); numerically the unbiased pass@1.
+
+    >>> avg_at_n([4, 2], [1, 2])
+    0.625
+    """
+    n_arr, c_arr = np.asarray(n, dtype=np.float64), np.asarray(c, dtype=np.float64)
+    if n_arr.size == 0 or (n_arr < 1).any():
+        raise UserError("avg@n: every problem needs at least one sample")
+    return float((c_arr / n_arr).mean())

@@ -1,4 +1,5 @@
-"""passk.png: pass@k against k on a log axis, one curve per model, bootstrap bands shaded.
+"""passk.png: pass@k against k on a log axis, one curve per model, bootstrap bands shaded;
+maj@k (when the env has answers to vote on) dashed in the same colour.
 
 The picture of Yue et al. (2025): an RL-trained model usually starts higher at k = 1, the base
 model's curve rises faster, and where they cross says how much of the gain is sharpening of
@@ -40,6 +41,11 @@ def plot_passk(summary: dict[str, Any], path: str | Path) -> Path:
                 continue
             (line,) = ax.plot(k, y, marker="o" if len(k) <= 20 else None, ms=3, label=name)
             ax.fill_between(k, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+            src = e if env is None else e["per_env"][env]
+            mk = [x for x in summary["ks"] if f"maj@{x}" in src]
+            if mk:  # majority vote beside pass@k: dashed, same colour
+                ax.plot(mk, [src[f"maj@{x}"] for x in mk], ls="--", marker="s", ms=3,
+                        color=line.get_color(), label=f"{name} maj@k")  # fmt: skip
         if env is None:
             for c in summary.get("crossovers", []):
                 if c.get("cross_k"):

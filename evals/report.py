@@ -3,8 +3,8 @@
 ``summary.json`` layout::
 
     {"suite": ..., "ks": [1, 2, 4], "confidence": 0.95, "problems": 50,
-     "models": {"base": {"pass@1": 0.12, "pass@2": 0.2, ...,
-                         "ci": {"pass@1": [lo, hi], ...},
+     "models": {"base": {"pass@1": 0.12, "pass@2": 0.2, ..., "maj@4": 0.15, ..., "avg@16": 0.12,
+                         "ci": {"pass@1": [lo, hi], ..., "maj@4": [lo, hi]},
                          "problems": 50, "n": 16, "infra_errors": 0, "dropped_ks": [],
                          "statuses": {"correct": 96, ...},
                          "per_env": {"arithmetic": {"pass@1": ..., "ci": {...}, "problems": 50}},
@@ -13,6 +13,9 @@
 
 Samples with status ``infra_error`` say nothing about the completion, so they are left out of n
 (and counted); a problem left with no scored sample is left out of the averages (and counted).
+maj@k (majority vote over k samples' answers, ``evals/vote.py``) is reported when every problem
+of the block has answer clusters (envs whose rows have an ``answer``); avg@n is the accuracy
+over all n samples (the mean of c/n, equal to the unbiased pass@1).
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from verirl.evals.passk import bootstrap_curve_ci, per_problem_matrix
+from verirl.evals.passk import (
+    avg_at_n,
+    bootstrap_ci,
+    bootstrap_curve_ci,
+    maj_at_k,
+    per_problem_matrix,
+)
 
 from verirl.jsonl import atomic_writer, write_jsonl
 
@@ -38,9 +47,14 @@ class BootstrapLike(Protocol):
 
 
 def problem_record(
-    model: str, env: str, problem_id: str, statuses: Sequence[str]
+    model: str,
+    env: str,
+    problem_id: str,
+    statuses: Sequence[str],
+    votes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One row of results.jsonl: a problem's counts for one model.
+    """One row of results.jsonl: a problem's counts for one model, and (``votes``, from
+    ``evals.vote.clusters_of_record``) its scored samples' answer clusters for maj@k.
 
     >>> r = problem_record("m", "arithmetic", "test-0", ["correct", "incorrect", "infra_error"])
     >>> r["n"], r["c"], r["n_infra"]
@@ -48,7 +62,7 @@ def problem_record(
     """
     counts = Counter(statuses)
     n_infra = counts.get("infra_error", 0)
-    return {
+    rec: dict[str, Any] = {
         "model": model,
         "env": env,
         "problem_id": problem_id,
@@ -57,6 +71,13 @@ def problem_record(
         "n_infra": n_infra,
         "statuses": dict(sorted(counts.items())),
     }
+    if votes is not None:
+        rec["votes"] = votes
+    return rec
+
+
+def _maj(r: dict[str, Any], k: int) -> float:
+    return maj_at_k(r["votes"]["clusters"], r["votes"]["credit"], k)
 
 
 def _block(
@@ -72,6 +93,13 @@ def _block(
     kmax = m.shape[1]
     out: dict[str, Any] = {f"pass@{k}": float(mean[k - 1]) for k in ks if k <= kmax}
     out["ci"] = {f"pass@{k}": [float(lo[k - 1]), float(hi[k - 1])] for k in ks if k <= kmax}
+    if all("votes" in r for r in recs):
+        for k in ks:
+            if k <= kmax:
+                per = [_maj(r, k) for r in recs]
+                out[f"maj@{k}"] = float(np.mean(per))
+                out["ci"][f"maj@{k}"] = list(bootstrap_ci(per, n_boot=boot.samples, alpha=alpha))
+    out[f"avg@{kmax}"] = avg_at_n(n, c)
     out["problems"] = len(recs)
     out["n"] = kmax
     out["curve"] = {
@@ -174,6 +202,8 @@ def per_problem_rows(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> li
         for k in ks:
             if k <= r["n"]:
                 row[f"pass@{k}"] = pass_at_k(r["n"], r["c"], k)
+                if "votes" in r:
+                    row[f"maj@{k}"] = _maj(r, k)
         rows.append(row)
     return rows
 
@@ -224,15 +254,26 @@ def write_report(
 def _fmt(entry: dict[str, Any], key: str) -> str:
     if key not in entry:
         return "–"
+    if key not in entry.get("ci", {}):
+        return f"{entry[key]:.3f}"
     lo, hi = entry["ci"][key]
     return f"{entry[key]:.3f} [{lo:.2f}, {hi:.2f}]"
 
 
+def _columns(rows: dict[str, dict[str, Any]], ks: Sequence[int]) -> list[str]:
+    """pass@k for every k, then maj@k where some model has it, then avg@n."""
+    cols = [f"pass@{k}" for k in ks]
+    cols += [f"maj@{k}" for k in ks if any(f"maj@{k}" in e for e in rows.values())]
+    avg = dict.fromkeys(key for e in rows.values() for key in e if key.startswith("avg@"))
+    return cols + list(avg)
+
+
 def _table(rows: dict[str, dict[str, Any]], ks: Sequence[int]) -> list[str]:
-    head = "| model | problems | " + " | ".join(f"pass@{k}" for k in ks) + " |"
-    lines = [head, "|" + "---|" * (len(ks) + 2)]
+    cols = _columns(rows, ks)
+    head = "| model | problems | " + " | ".join(cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 2)]
     for name, e in rows.items():
-        cells = " | ".join(_fmt(e, f"pass@{k}") for k in ks)
+        cells = " | ".join(_fmt(e, c) for c in cols)
         lines.append(f"| {name} | {e.get('problems', 0)} | {cells} |")
     return lines
 
@@ -253,10 +294,12 @@ def render_report(summary: dict[str, Any]) -> str:
             f"max {s['max_tokens']} new tokens, seed {summary.get('seed')}"
         )
     lines += [
-        detail + ". pass@k is the unbiased estimator of Chen et al. (2021); brackets are "
+        detail + ". pass@k is the unbiased estimator of Chen et al. (2021); maj@k the chance "
+        "that the majority answer of k samples is correct (answers grouped by the env's "
+        "checker); avg@n the accuracy over all n samples; brackets are "
         f"{conf}% percentile-bootstrap intervals over problems.",
         "",
-        "## pass@k",
+        "## pass@k, maj@k, avg@n",
         "",
         *_table(models, ks),
         "",

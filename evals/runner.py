@@ -30,6 +30,7 @@ from verirl.envs.registry import make_env
 from verirl.evals.models import model_fingerprint, open_engine, render_prompt
 from verirl.evals.report import problem_record, write_outputs
 from verirl.evals.suite import SuiteConfig
+from verirl.evals.vote import clusters_of_record
 
 from verirl.config import dump_config
 from verirl.errors import ConfigError, DataError, UserError
@@ -211,9 +212,9 @@ def sample_model(
     records = []
     for p in problems:
         rec = cached[(p.env_key, p.problem_id)]
-        records.append(
-            problem_record(name, p.env_key, p.problem_id, [s["status"] for s in rec["samples"]])
-        )
+        votes = clusters_of_record(envs[p.env_key], rec["samples"], p.row)  # maj@k's answers
+        statuses = [s["status"] for s in rec["samples"]]
+        records.append(problem_record(name, p.env_key, p.problem_id, statuses, votes))
     return records
 
 
@@ -235,9 +236,11 @@ def context_length(model_path: str | Path, suite: SuiteConfig) -> int | None:
 def check_context(
     name: str, model_path: str | Path, problems: Sequence[Problem], tok: Any, suite: SuiteConfig
 ) -> None:
-    """A prompt plus ``sampling.max_tokens`` longer than the model's context fails inside
-    either engine (vLLM raises mid-run); refuse before sampling, naming the keys to change.
-    Skipping would change pass@k's denominator, so it is an error, not a skip."""
+    """Prompts plus ``sampling.max_tokens`` longer than the model's context. vLLM refuses them
+    mid-run (a raw VLLMValidationError): that backend stops here, before sampling, naming the
+    keys to change (skipping would change pass@k's denominator). The hf backend runs past
+    ``max_position_embeddings`` (rotary models degrade, they do not fail): a warning counts them.
+    """
     context = context_length(model_path, suite)
     if not context:
         return
@@ -248,14 +251,20 @@ def check_context(
         n = len(tok(text, add_special_tokens=False)["input_ids"])
         if n > budget:
             long.append((p, n))
-    if long:
-        p, n = max(long, key=lambda x: x[1])
+    if not long:
+        return
+    p, n = max(long, key=lambda x: x[1])
+    what = (
+        f"model {name!r}: {len(long)} of {len(problems)} prompts plus sampling.max_tokens="
+        f"{suite.sampling.max_tokens} exceed its context of {context} tokens (longest: "
+        f"{p.env_key} {p.problem_id}, {n} prompt tokens)"
+    )
+    if suite.backend == "vllm":
         raise ConfigError(
-            f"model {name!r}: {len(long)} of {len(problems)} prompts plus sampling.max_tokens="
-            f"{suite.sampling.max_tokens} exceed its context of {context} tokens (longest: "
-            f"{p.env_key} {p.problem_id}, {n} prompt tokens); lower sampling.max_tokens=N, "
-            "set a size= without the long problems, or use a model with a longer context"
+            f"{what}; lower sampling.max_tokens=N, set a size= without the long problems, "
+            "or use a model with a longer context"
         )
+    print(f"warning: {what}; the hf backend runs them past the context", flush=True)
 
 
 def _sample_chunk(

@@ -19,6 +19,7 @@ from verirl.envs.registry import make_env
 from verirl.evals.passk import valid_ks
 from verirl.evals.report import problem_record, write_outputs
 from verirl.evals.suite import BootstrapSpec
+from verirl.evals.vote import clusters_of_record
 
 from verirl.config import StrictModel, parse_overrides, validate_config
 from verirl.errors import DataError
@@ -135,11 +136,22 @@ def score_samples(
         texts = [s["completion"] for s in samples]
         rows = [r for _, r in resolved]
         results = score_with_progress(env, texts, rows, cfg.workers, progress)
-    groups: dict[tuple[str, str], list[str]] = {}
-    for s, (pid, _), res in zip(samples, resolved, results, strict=True):
-        model = str(s.get("model", path.stem))
-        groups.setdefault((model, pid), []).append(res.status)
-    records = [problem_record(m, env_name, pid, st) for (m, pid), st in groups.items()]
+        groups: dict[tuple[str, str], list[str]] = {}
+        scored: dict[tuple[str, str], list[dict[str, Any]]] = {}  # maj@k's answers
+        row_of: dict[str, Row] = {}
+        for s, (pid, row), res in zip(samples, resolved, results, strict=True):
+            model = str(s.get("model", path.stem))
+            groups.setdefault((model, pid), []).append(res.status)
+            scored.setdefault((model, pid), []).append(
+                {"text": s["completion"], "status": res.status}
+            )
+            row_of[pid] = row
+        records = [
+            problem_record(
+                m, env_name, pid, st, clusters_of_record(env, scored[m, pid], row_of[pid])
+            )
+            for (m, pid), st in groups.items()
+        ]
     n_min = min(len(st) for st in groups.values())
     ks = valid_ks(cfg.ks, n_min) if cfg.ks else default_ks(n_min)
     meta = {

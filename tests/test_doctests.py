@@ -23,6 +23,7 @@ MODULES = [
     "verirl.algos.reference",
     "verirl.algos.policy_losses",
     "verirl.algos.shaping",
+    "verirl.evals.vote",
     "verirl.rewards.math_extract",
     "verirl.rewards.math_normalize",
     "verirl.rewards.math_equiv",
