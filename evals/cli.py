@@ -75,7 +75,26 @@ def choose_out_dir(
     return chosen
 
 
+def parse_ks(text: str) -> list[int]:
+    """``--ks 1,4,16`` as a list of k (the same as the override ``ks=[1,4,16]``).
+
+    >>> parse_ks("1, 4,16")
+    [1, 4, 16]
+    """
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(
+            f"--ks {text!r}: expected comma-separated integers, e.g. --ks 1,4,16"
+        ) from None
+    if not ks or min(ks) < 1:
+        raise UserError(f"--ks {text!r}: every k must be >= 1, e.g. --ks 1,4,16")
+    return ks
+
+
 def eval_command(args: argparse.Namespace) -> int:
+    if getattr(args, "ks", None):  # after the other overrides: --ks wins over ks=...
+        args.overrides = [*args.overrides, f"ks={parse_ks(args.ks)}"]
     if args.samples:
         return _samples(args)
     if not args.suite:

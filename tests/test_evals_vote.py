@@ -84,3 +84,21 @@ def test_summary_and_report_carry_maj_and_avg(tmp_path):
     plain = write_report([problem_record("m", "x", "p", ["correct", "incorrect"])], tmp_path / "b",
                          ks=(1, 2), bootstrap_samples=20)  # fmt: skip
     assert "maj@1" not in plain["models"]["m"] and plain["models"]["m"]["avg@2"] == 0.5
+
+
+def test_cli_ks_flag_and_maj_at_k_on_scored_samples(tmp_path):
+    from pathlib import Path
+
+    from verirl.cli import main
+
+    arith = Path(__file__).parent / "data" / "evals_samples_arith.jsonl"
+    args = ["eval", "--samples", str(arith), "--env", "arithmetic", "--out", str(tmp_path)]
+    assert main([*args, "--ks", "1,2"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    m = summary["models"]["evals_samples_arith"]
+    assert summary["ks"] == [1, 2] and "pass@4" not in m
+    # test-0: 36 (right), 35, x (no answer), 12: pairs {36,35}, {36,12} tie ½, {36,x} 1 -> 2/6;
+    # test-1: all wrong; test-2: four 11s.
+    assert m["maj@2"] == pytest.approx((1 / 3 + 0 + 1) / 3)
+    assert m["maj@1"] == pytest.approx(m["pass@1"])
+    assert main([*args, "--ks", "1,x", "--overwrite"]) == 2

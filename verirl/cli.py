@@ -265,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--env", help="environment for --samples")
     ev.add_argument("--out", help="output directory")
     ev.add_argument("--backend", choices=["hf", "vllm"], help="rollout engine (default: suite's)")
+    ev.add_argument("--ks", help="k values for pass@k and maj@k, e.g. 1,4,16 (same as ks=[1,4,16])")
     ev.add_argument(
         "--overwrite", action="store_true", help="replace an --out holding another evaluation"
     )
