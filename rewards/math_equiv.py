@@ -29,7 +29,7 @@ from verirl.rewards.math_normalize import (
     juxtaposed,
     normalize,
 )
-from verirl.rewards.math_values import ASTRONOMICAL, admissible, digits, value_kind
+from verirl.rewards.math_values import ASTRONOMICAL, Kind, admissible, digits, value_kind
 
 _MIXED_NORMAL = re.compile(r"\(?(-?\d+)\+\\frac\{(\d+)\}\{(\d+)\}\)?")
 _NUM = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
@@ -126,6 +126,8 @@ def fast_equiv(pred: str, gold: str) -> bool | None:
     gw, pw = _word(g), _word(p)
     if gw is not None and pw is not None and len(gw) > 2 and len(pw) > 2:
         return gw == pw
+    if pw is not None and len(pw) > 2 and gn is not None:
+        return False  # "undefined" or "no solution" is not a number
     return None
 
 
@@ -187,7 +189,29 @@ def _balanced(s: str) -> bool:
     return depth == 0
 
 
+_PARSED: dict[str, Any] = {}  # per process: a GRPO group (or the guard) repeats its strings
+_MAX_PARSED = 20_000
+
+
 def _parse(s: str) -> Any:
+    """`_parse_uncached`, memoised (the failure too): sympy values are immutable (matrices are
+    made so), and each worker parses a repeated gold or candidate once."""
+    hit = _PARSED.get(s)
+    if hit is None:
+        try:
+            hit = (True, _parse_uncached(s))
+        except Exception as e:
+            hit = (False, e)
+        if len(_PARSED) >= _MAX_PARSED:
+            _PARSED.clear()
+        _PARSED[s] = hit
+    ok, value = hit
+    if not ok:
+        raise value
+    return value
+
+
+def _parse_uncached(s: str) -> Any:
     import sympy
     from latex2sympy2_extended import latex2sympy
 
@@ -208,7 +232,10 @@ def _parse(s: str) -> Any:
             return _tidy(expr, sympy)
         except Exception:
             pass
-    return _tidy(latex2sympy(s), sympy)
+    value = _tidy(latex2sympy(s), sympy)
+    if isinstance(value, sympy.MatrixBase):
+        value = sympy.ImmutableMatrix(value)
+    return value
 
 
 def _tidy(expr: Any, sympy: Any) -> Any:
@@ -251,20 +278,20 @@ def _values_equal(a: Any, b: Any, gold_places: int | None) -> bool:
     if not a.free_symbols <= b.free_symbols:
         # "x" or "n + 1" is no value of a gold without x or n; only an exact identity
         # (sin²x + cos²x for 1) is, and no numeric test may stand in for that proof.
-        return bool(sympy.simplify(a - b) == 0)
+        return not _differ_at_points(a - b, sympy) and bool(sympy.simplify(a - b) == 0)
     if a == b:
         return True
     if a.has(sympy.oo, -sympy.oo) or b.has(sympy.oo, -sympy.oo):
         # Both infinite (`admissible`): a numeric test means nothing, only structure decides.
         return bool(sympy.simplify(a) == sympy.simplify(b))
+    big_a, big_b = digits(a, sympy) > ASTRONOMICAL, digits(b, sympy) > ASTRONOMICAL
+    if big_a or big_b:
+        # 9^{9^{9^9}} or 100000!: never evaluate (not even at a point, not even to a few
+        # digits); equal only if written the same way.
+        return bool(big_a and big_b and a == b)
     if gold_places is not None and a.is_number and b.is_number:
         diff = sympy.N(a - b, 30)
         return bool(abs(diff) <= sympy.Rational(1, 2 * 10**gold_places))
-    if a.is_number and b.is_number:
-        big_a, big_b = digits(a, sympy) > ASTRONOMICAL, digits(b, sympy) > ASTRONOMICAL
-        if big_a or big_b:
-            # 9^{9^{9^9}} or 100000!: never evaluate; equal only if written the same way.
-            return bool(big_a and big_b and a == b)
     diff = a - b
     if a.is_number and b.is_number:
         exact_diff = diff.doit()  # latex2sympy leaves powers unevaluated: 2^{2^{2^2}}
@@ -475,6 +502,19 @@ def _single_equal(p: str, g: str, places: int | None) -> bool:
         pv = _parse(p)
     except Exception:
         return False
-    if not admissible(pv, gv):
+    if not admissible(pv, gv, _kind(p, pv), _kind(g, gv)):
         return False  # 1/0, \\log 0, x = x, True: no value; ∞ only meets ∞
     return _values_equal(pv, gv, places)
+
+
+_KINDS: dict[str, Kind] = {}
+
+
+def _kind(text: str, value: Any) -> Kind:
+    """`value_kind` of a parsed string, memoised with the parse."""
+    hit = _KINDS.get(text)
+    if hit is None:
+        if len(_KINDS) >= _MAX_PARSED:
+            _KINDS.clear()
+        hit = _KINDS[text] = value_kind(value)
+    return hit

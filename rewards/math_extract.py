@@ -52,9 +52,12 @@ _LIST_JOIN = re.compile(r"[\s,;$]*(?:(?:and|&)[\s,;$]*)?")
 _COPULA = re.compile(r"\s(?:is|are|was|were|equals|be)\s", re.I)
 _SENTENCE_END = re.compile(r"(?<=[^\d\s])\.\s|\.$|\.\s+(?=[A-Z])")
 _BARE_NAME = re.compile(r"\s*(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?[A-Za-z0-9]\}?)?\s*")
-# Characters that make a number part of a larger expression when they touch it.
-_GLUE_BEFORE = set("{}^_/\\*+×·") | set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_GLUE_AFTER = _GLUE_BEFORE | set("-(")
+# Operators and TeX syntax that make a number part of a larger expression when they are its
+# nearest neighbours.
+_GLUE = set("{}^_/\\*+×·")
+_TEX_COMMAND_END = re.compile(r"\\[A-Za-z]{1,30}$")
+_TEX_SPACE_END = re.compile(r"(?:\\[;:,! ]|\\q?quad|~|\s){1,50}$")
+_OR_END = re.compile(r"\b(?:or|and/or)$", re.I)
 _MAX_ANSWER = 2000
 
 
@@ -254,12 +257,26 @@ def _last_number(text: str) -> str | None:
         last = m
     if last is None:
         return None
-    before = text[last.start() - 1] if last.start() > 0 else " "
-    after = text[last.end()] if last.end() < len(text) else " "
-    if after == "." and text[last.end() + 1 : last.end() + 2].isdigit():
+    start, end = last.start(), last.end()
+    glued_before = text[start - 1 : start]
+    glued_after = text[end : end + 1]
+    if glued_before.isalnum() or glued_after.isalpha() or glued_before == "\\":
+        return None  # "x2", "3x": glued to a name
+    if glued_after == "." and text[end + 1 : end + 2].isdigit():
         return None
-    if before in _GLUE_BEFORE or after in _GLUE_AFTER or before.isdigit():
-        return None
+    # the nearest characters that are not spaces: "1 / 0" glues 0 to the division
+    head, tail = _TEX_SPACE_END.sub("", text[:start]), text[end:].lstrip()
+    before, after = head[-1:] or " ", tail[:1] or " "
+    if before in _GLUE or after in _GLUE or after in "-(" or before.isdigit() or after.isdigit():
+        return None  # an operand, or "2 3" (two numbers side by side, not the answer 3)
+    if before == "," and head[:-1].rstrip()[-1:].isdigit():
+        return None  # the last item of a list "1, 2, 3" is not the answer 3
+    if before == "(" and head[-2:-1].isalpha():
+        return None  # \log(0), f(3): a function's argument
+    if before == "=" and head[:-1].rstrip().endswith(last.group(0)):
+        return None  # "0 = 0" is an identity, not the answer 0
+    if _TEX_COMMAND_END.search(head) or _OR_END.search(head):
+        return None  # \ln 0, \cdot 0, \pm 1: an operand; "0 or 1": a hedge
     return last.group(0)
 
 

@@ -251,6 +251,8 @@ def choice_letter(ans: str) -> str | None:
     # "(c) 42" names C; a bare "e" or "a" in an expression does not.
     if rest and not s.startswith("("):
         return None
+    if m.group(1).islower() and not s.startswith("("):
+        return None  # a bare "c" is as likely the constant c as choice (C): prefer 0
     if _CHOICE_AGAIN.search(rest):  # "(A)(B)(C)" is a hedge over choices, not a choice
         return None
     return m.group(1).upper()

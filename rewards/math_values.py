@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 Kind = Literal["finite", "infinite", "bad"]
 ASTRONOMICAL = 100_000  # digits; 2^{65536} (19,729 digits) is still compared exactly
-_MAX_OPS = 400  # larger trees are not evaluated here (the deadline guards the comparison)
+_MAX_OPS = 400  # nodes; larger trees are not evaluated here (the deadline guards the comparison)
 
 
 def value_kind(v: Any) -> Kind:
@@ -65,7 +65,7 @@ def _expr_kind(v: Any, sympy: Any) -> Kind:
     if v.has(*undefined) or _undefined_power(v, sympy):
         return "bad"
     evaluated = v
-    if digits(v, sympy) <= ASTRONOMICAL and sympy.count_ops(v) <= _MAX_OPS:
+    if digits(v, sympy) <= ASTRONOMICAL and _small(v, _MAX_OPS):
         try:
             evaluated = v.doit()
         except Exception:
@@ -77,11 +77,28 @@ def _expr_kind(v: Any, sympy: Any) -> Kind:
     return "finite"
 
 
+def _small(v: Any, limit: int) -> bool:
+    """Has the tree at most `limit` nodes? (a bounded walk; sympy's count_ops costs more)."""
+    stack, seen = [v], 0
+    while stack:
+        seen += 1
+        if seen > limit:
+            return False
+        stack.extend(a for a in stack.pop().args if hasattr(a, "args"))
+    return True
+
+
 def _undefined_power(v: Any, sympy: Any) -> bool:
-    """0^0 and 0^{-k} left unevaluated by the parser (sympy would call 0^0 one)."""
+    """Indeterminate forms the parser leaves unevaluated and sympy would give a value:
+    0^0 (sympy: 1), ∞^0 (1), 1^∞, 0^{-k}, \\log_0 5 (sympy: 0), \\log_1 2, \\log 0."""
     for p in v.atoms(sympy.Pow):
         base, expo = p.args
         if base == 0 and expo.is_positive is not True:  # 0^0, 0^{-1}, 0^x
+            return True
+        if (base.is_infinite and expo == 0) or (base == 1 and expo.is_infinite):
+            return True
+    for lg in v.atoms(sympy.log):
+        if lg.args[0] == 0 or (len(lg.args) == 2 and lg.args[1] in (0, 1)):
             return True
     return False
 
@@ -102,9 +119,9 @@ def _worst(kinds: Any) -> Kind:
     return "infinite" if "infinite" in seen else "finite"
 
 
-def admissible(pred: Any, gold: Any) -> bool:
+def admissible(pred: Any, gold: Any, kp: Kind | None = None, kg: Kind | None = None) -> bool:
     """May `pred` be compared with `gold` at all? Both must have a value, and an infinite one
-    only meets an infinite one.
+    only meets an infinite one. `kp`/`kg` are the kinds when the caller has them already.
 
     >>> import sympy
     >>> admissible(sympy.zoo, sympy.Integer(5)), admissible(sympy.oo, sympy.Integer(5))
@@ -112,7 +129,8 @@ def admissible(pred: Any, gold: Any) -> bool:
     >>> admissible(sympy.oo, sympy.oo), admissible(sympy.Integer(2), sympy.sqrt(4))
     (True, True)
     """
-    kp, kg = value_kind(pred), value_kind(gold)
+    kp = kp or value_kind(pred)
+    kg = kg or value_kind(gold)
     if "bad" in (kp, kg):
         return False
     return kp == kg
