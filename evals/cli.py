@@ -1,6 +1,6 @@
 """``verirl eval``: run a pass@k suite on models, or score samples made elsewhere.
 
-verirl eval arithmetic --model runs/demo/base --model runs/demo/grpo --out runs/eval
+verirl eval arithmetic --model base=runs/demo/sft/final --model grpo=runs/demo/grpo/final
 verirl eval evals/suites/math.yaml --model my/model n=64 sampling.temperature=0.8
 verirl eval --samples samples.jsonl --env humaneval --out runs/he options.sandbox=docker
 """
