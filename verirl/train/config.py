@@ -88,10 +88,14 @@ class RolloutSection(StrictModel):
 
 
 class AlgoSection(StrictModel):
-    name: Literal["grpo", "ppo"] = Field(
+    name: Literal["grpo", "ppo", "online_dpo"] = Field(
         default="grpo",
         description="preset: grpo (no critic; advantage defaults to grpo) or ppo (value head; "
-        "advantage gae)",
+        "advantage gae); online_dpo: each group's best- vs worst-rewarded sample is a DPO pair, "
+        "loss against π_ref with β = beta (verirl.train.online_dpo)",
+    )
+    dpo_loss: Literal["sigmoid", "ipo"] = Field(
+        default="sigmoid", description="online_dpo: the preference loss (DPO sigmoid or IPO)"
     )
     advantage: Literal["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "gae"] = Field(
         default="grpo",
@@ -200,6 +204,9 @@ class AlgoSection(StrictModel):
                 f"algo.advantage={self.advantage!r} with algo.name={self.name!r}: gae needs the "
                 "ppo preset's critic, and the ppo preset trains its critic for gae only"
             )
+        if self.name == "online_dpo" and (self.beta <= 0 or self.group_size < 2):
+            raise ValueError("algo.name 'online_dpo' needs algo.beta > 0 (DPO's β) and "
+                             "algo.group_size >= 2 (a pair per group)")  # fmt: skip
         grouped = self.advantage in ("grpo", "rloo", "reinforce_pp_baseline")
         if (grouped or self.filter_zero_variance) and self.group_size < 2:
             what = "filter_zero_variance" if not grouped else f"advantage {self.advantage!r}"

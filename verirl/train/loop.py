@@ -39,6 +39,7 @@ from verirl.train import distributed as dist
 from verirl.train.config import TrainConfig, check_device
 from verirl.train.metrics import TRAIN_CURVES, MetricsLogger, plot_curves
 from verirl.train.model import Reference, ValueHead, load_policy, render_prompt, resolve_forward
+from verirl.train.online_dpo import online_dpo_update
 from verirl.train.update import (
     Rollout,
     batch_rows,
@@ -200,6 +201,8 @@ def prepare(
 ) -> Run:
     ctx = ctx or dist.DistContext()
     device = device or cfg.train.device
+    if cfg.algo.name == "online_dpo" and ctx.world_size > 1:  # a rank without pairs would hang
+        raise ConfigError("algo.name 'online_dpo' runs on one process; not under torchrun")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if resume_dir is not None:
@@ -491,10 +494,17 @@ def _train(
                 for _ in range(a.epochs):
                     run.opt.zero_grad(set_to_none=True)
                     with autocast:
-                        upd = policy_update(
-                            run.policy, ro, a, micro, r.max_new_tokens, run.critic, norms,
-                            no_sync, todo, run.forward,
-                        )  # fmt: skip
+                        if a.name == "online_dpo":  # each group's best vs worst, vs π_ref
+                            upd = online_dpo_update(run.policy, ro.batch, ro.ref_logp,
+                                                    ro.rewards, ro.valid, a.beta, a.dpo_loss,
+                                                    micro, tau, run.forward)  # fmt: skip
+                            if not upd["dpo/pairs"]:  # no group had a reward difference
+                                break
+                        else:
+                            upd = policy_update(
+                                run.policy, ro, a, micro, r.max_new_tokens, run.critic, norms,
+                                no_sync, todo, run.forward,
+                            )  # fmt: skip
                     params = [p for g in run.opt.param_groups for p in g["params"]]
                     fill_missing_grads(params)
                     grad_norm = dist.clip_grad_norm(params, t.max_grad_norm)

@@ -54,7 +54,7 @@ def _sequence_logps(
 def online_dpo_update(
     policy: Any,
     batch: Batch,
-    ref_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
     rewards: torch.Tensor,
     valid: torch.Tensor,
     beta: float,
@@ -68,18 +68,23 @@ def online_dpo_update(
     optimizer, and skips the step when ``dpo/pairs`` is 0 (nothing was backpropagated).
 
     batch: the step's B = P·G sequences, group-major; ref_logp: [B, T] per-token log π_ref
-    over ``batch.targets`` (0 off the mask); rewards, valid: [P, G]. `micro` pairs per forward.
+    over ``batch.targets``; rewards, valid: [P, G]. A row with no token left in the loss mask
+    (``algo.mask_truncated``) pairs with nothing. `micro`: sequences per forward (two per
+    pair; ``train.micro_batch_size``), None: all pairs at once.
     """
-    chosen, rejected, stats = pair_rows(rewards, valid)
+    if ref_logp is None:
+        raise ValueError("online DPO needs the reference's log-probs (algo.beta > 0)")
+    in_loss = (batch.mask.sum(-1) > 0).view_as(valid)
+    chosen, rejected, stats = pair_rows(rewards, valid * in_loss)
     n = len(chosen)
     if n == 0:
         return stats
     ref_seq = (ref_logp * batch.mask).sum(-1)  # [B]
-    micro = micro or n
+    per = max(1, micro // 2) if micro else n  # pairs per forward
     loss_total = 0.0
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for s in range(0, n, micro):
-        rows = torch.cat([chosen[s : s + micro], rejected[s : s + micro]])  # [2b]
+    for s in range(0, n, per):
+        rows = torch.cat([chosen[s : s + per], rejected[s : s + per]])  # [2b]
         logps, tokens = _sequence_logps(policy, batch.slice(rows), temperature, forward)
         c, r = (logps - ref_seq[rows]).chunk(2)  # [b] sequence log-ratios
         nc, nr = tokens.chunk(2)
