@@ -11,6 +11,11 @@ worker's socket back over SCM_RIGHTS. A replacement therefore starts in millisec
 never forks itself (safe with torch threads), nothing re-imports the caller's ``__main__`` (as
 multiprocessing's spawn/forkserver do), and neither torch nor vLLM is ever imported. Closing the
 pool (or the caller dying) closes the sockets, and every worker and the zygote exit on EOF.
+
+Faults: a worker that dies mid-check (killed from outside, e.g. by the OOM killer) is replaced
+and the check retried once in the fresh worker; a second death on the same answer is the
+answer's fault (``incorrect``). A dead zygote is restarted on the next fork; when no worker can be
+started at all the verdict is ``infra_error``, never a wrong answer.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from verirl.rewards.result import Status
 
 @dataclass(frozen=True)
 class Verdict:
-    status: Status  # correct | incorrect | timeout | memory
+    status: Status  # correct | incorrect | timeout | memory | infra_error (no worker)
     detail: str
 
     @property
@@ -200,8 +205,14 @@ class CheckerPool:
                 theirs.close()
                 self._ctrl = ours
             assert self._ctrl is not None
-            self._ctrl.sendall(b"F")
-            msg, fds, _, _ = socket.recv_fds(self._ctrl, 8, 1)
+            try:
+                self._ctrl.sendall(b"F")
+                msg, fds, _, _ = socket.recv_fds(self._ctrl, 8, 1)
+            except OSError:
+                msg, fds = b"", []
+            if len(msg) != 8 and self._zygote is not None and self._zygote.poll() is None:
+                self._zygote.kill()  # half dead (its socket broken): start afresh next time
+                self._zygote.wait()
             if len(msg) != 8 or len(fds) != 1:
                 raise RuntimeError("math checker zygote exited; see its stderr")
             return _Worker(int.from_bytes(msg, "little"), Connection(fds[0]))
@@ -257,7 +268,29 @@ class CheckerPool:
         return verdict
 
     def _check_in_worker(self, pred: str, gold: str) -> Verdict:
-        worker = self._acquire()
+        """One check, retried once in a fresh worker when its worker dies: a death can come
+        from outside (the OOM killer, an operator's kill) and then says nothing about the
+        answer; a second death on the same answer is the answer's fault. A late worker is not
+        retried (the deadline is the answer's to meet)."""
+        for _attempt in range(2):
+            verdict = self._attempt(pred, gold)
+            if verdict is not None:
+                return verdict
+        return Verdict("incorrect", "checker process died twice on this answer")
+
+    def _attempt(self, pred: str, gold: str) -> Verdict | None:
+        """The verdict of one worker, or None when the worker died before giving one."""
+        worker, error = None, None
+        for _ in range(2):  # a dead zygote is replaced by the second try
+            try:
+                worker = self._acquire()
+                break
+            except (OSError, RuntimeError) as e:
+                if self._closed:
+                    raise
+                error = e
+        if worker is None:  # nothing to do with the answer
+            return Verdict("infra_error", f"math checker could not start a worker: {error}")
         keep = False
         try:
             worker.conn.send((pred, gold))
@@ -267,7 +300,7 @@ class CheckerPool:
             keep = True
             return Verdict(status, detail)
         except (EOFError, OSError):
-            return Verdict("incorrect", "checker process died on this answer")
+            return None
         finally:
             if not keep:
                 worker.kill()  # late or dead: SIGKILL, a fresh fork replaces it
