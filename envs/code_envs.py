@@ -128,12 +128,12 @@ class _FunctionTestEnv(_SandboxedEnv):
 
         jobs: list[Job | RewardResult] = [
             _isolated(lambda c=c, r=r: job(c, r), f"row {i}")  # type: ignore[misc]
-            for i, (c, r) in enumerate(zip(completions, rows, strict=True))
+            for i, (c, r) in enumerate(zip(completions, rows, strict=True), 1)
         ]
         real = [j for j in jobs if isinstance(j, Job)]
         runs = iter(pool.run(real) if real else [])
         out = []
-        for i, j in enumerate(jobs):
+        for i, j in enumerate(jobs, 1):
             if isinstance(j, RewardResult):
                 out.append(j)
             else:
@@ -200,7 +200,7 @@ class StdioEnv(_SandboxedEnv):
 
     def validate_rows(self, rows: Sequence[Row], source: str, extra: Sequence[str] = ()) -> None:
         super().validate_rows(rows, source, extra)
-        for i, r in enumerate(rows):
+        for i, r in enumerate(rows, 1):  # rows count from 1 in messages
             _check_tests(r.get("tests"), f"{source}: row {i}")
 
     def _score_all(self, completions: list[str], rows: list[Row], pool: Any) -> list[RewardResult]:
@@ -208,7 +208,7 @@ class StdioEnv(_SandboxedEnv):
 
         jobs: list[Job] = []
         spans: list[tuple[int, int, list[str], bool] | RewardResult] = []
-        for i, (c, r) in enumerate(zip(completions, rows, strict=True)):
+        for i, (c, r) in enumerate(zip(completions, rows, strict=True), 1):
             try:  # a malformed row costs only itself
                 tests = _check_tests(r.get("tests"), f"row {i}")
                 expected = [str(t["output"]) for t in tests]
@@ -232,7 +232,7 @@ class StdioEnv(_SandboxedEnv):
                 spans[-1] = RewardResult(0.0, "format_error", detail="no code in completion")
         runs = pool.run(jobs) if jobs else []
         results: list[RewardResult] = []
-        for i, span in enumerate(spans):
+        for i, span in enumerate(spans, 1):
             if isinstance(span, RewardResult):
                 results.append(span)
             else:

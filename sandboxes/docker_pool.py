@@ -109,6 +109,7 @@ class DockerPool(Sandbox):
                 self.image,
                 ["sleep", "infinity"],
                 detach=True,
+                stop_signal="SIGKILL",  # pid 1 ignores SIGTERM: an engine stop need not wait
                 name=f"verirl-sbx-{os.getpid()}-{self.session}-{next(self._names)}",
                 labels={LABEL: self.session, OWNER_LABEL: str(os.getpid())},
                 network_mode="none",
@@ -181,13 +182,13 @@ class DockerPool(Sandbox):
         try:
             try:
                 session = self._sessions.get(ctr.id) or _Session(self.client.api, ctr.id, self.uid)
+                self._sessions[ctr.id] = session
+                got, how = session.run(jobs)
             except SandboxInfraError:
-                if self._running(ctr):
+                if self._running(ctr, settle_s=0.0):
                     raise
-                how = "lost"  # killed while idle: retried on a replacement
+                how = "lost"  # killed while idle or starting: retried on a replacement
                 return {}, how
-            self._sessions[ctr.id] = session
-            got, how = session.run(jobs)
             if how in ("died", "timeout") and not self._running(ctr):
                 how = "lost"  # the container (or the engine) died: nobody's fault
             return got, "died" if how == "timeout" else how
@@ -208,12 +209,20 @@ class DockerPool(Sandbox):
                     except SandboxInfraError:
                         pass  # _acquire retries, and reports it if the engine stays down
 
-    def _running(self, ctr: Any) -> bool:
-        try:
-            ctr.reload()
-            return bool(ctr.status == "running")
-        except Exception:
-            return False
+    def _running(self, ctr: Any, settle_s: float = 1.0) -> bool:
+        """Whether the container still runs. The exec stream can end before the engine has
+        recorded a kill, so a "running" answer is only believed once it held for `settle_s`."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            try:
+                ctr.reload()
+                if ctr.status != "running":
+                    return False
+            except Exception:
+                return False
+            if time.monotonic() >= deadline:
+                return True
+            time.sleep(0.1)
 
 
 class _Session:

@@ -31,6 +31,7 @@ IMAGE_NAME = "verirl-sandbox"
 LABEL = "verirl.sandbox"  # every container we start carries it, so stale ones can be reaped
 MANIFEST = Path(__file__).parent / "image" / "manifest.txt"
 DOCKERD_LOG = Path("/var/log/verirl-dockerd.log")
+DOCKERD_PIDFILE = Path("/var/run/docker.pid")
 DEBIAN_MIRROR = os.environ.get("VERIRL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
 
@@ -112,6 +113,7 @@ def start_engine(wait_s: float = 60.0) -> None:
     if os.geteuid() != 0:
         raise EngineUnavailable("dockerd is not running and only root can start it")
     DOCKERD_LOG.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale_pidfile()
     _log(f"starting dockerd (log: {DOCKERD_LOG})")
     try:
         with open(DOCKERD_LOG, "ab") as log:
@@ -133,6 +135,27 @@ def start_engine(wait_s: float = 60.0) -> None:
             return
         time.sleep(0.5)
     raise EngineUnavailable(f"dockerd did not answer within {wait_s:.0f}s; see {DOCKERD_LOG}")
+
+
+def dockerd_pid() -> int | None:
+    """The pid of a live (not zombie) local dockerd, or None."""
+    for p in os.listdir("/proc"):
+        try:
+            if p.isdigit() and Path(f"/proc/{p}/comm").read_text().strip() == "dockerd":
+                state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state not in ("Z", "X"):
+                    return int(p)
+        except (OSError, IndexError):
+            pass
+    return None
+
+
+def clear_stale_pidfile() -> None:
+    """A dockerd that died (SIGKILL, a crash) leaves its pid file, and a new one then refuses
+    to start ("pid file found"): remove it when no dockerd lives."""
+    if DOCKERD_PIDFILE.exists() and dockerd_pid() is None:
+        _log(f"removing the stale {DOCKERD_PIDFILE}")
+        DOCKERD_PIDFILE.unlink(missing_ok=True)
 
 
 def image_present(c: Any, tag: str | None = None) -> bool:

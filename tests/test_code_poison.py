@@ -149,7 +149,7 @@ def test_a_verdict_that_raises_costs_only_its_row(process_sandbox, monkeypatch):
     env.attach_sandbox(process_sandbox)
     res = env.score_batch(["    return a + b\n"] * 3, [ROW] * 3)
     assert [r.status for r in res] == ["correct", "infra_error", "correct"]
-    assert "row 1" in res[1].detail and "4300" in res[1].detail
+    assert "row 2" in res[1].detail and "4300" in res[1].detail  # rows count from 1
 
 
 def test_cli_writes_every_row_despite_a_lone_surrogate(tmp_path):

@@ -125,9 +125,12 @@ def _score(args: argparse.Namespace) -> int:
     if counts.get("infra_error"):
         # The sandbox (or the scorer) failed on these rows: their reward says nothing about the
         # completions. Every row is written (see its `detail`); the exit code says it.
+        from verirl.jsonl import read_jsonl
+
+        first = next(r for r in read_jsonl(args.output) if r.get("status") == "infra_error")
         print(
             f"verirl score: {counts['infra_error']} of {total} rows are infra_error (the sandbox "
-            "failed, not the completions; see each row's detail, e.g. `verirl sandbox doctor`)",
+            f"failed, not the completions), e.g.: {str(first.get('detail'))[:300]}",
             file=sys.stderr,
         )
         return 1
@@ -171,9 +174,13 @@ def _curate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.compare:  # GRPO, PPO, online DPO, RFT, DPO side by side (verirl/compare.py)
+        from verirl.compare import main as compare_main
+
+        return compare_main(args.out or "runs/compare")
     from verirl.demo import main as demo_main
 
-    return demo_main(args.out)
+    return demo_main(args.out or "runs/demo")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -254,8 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("demo", help="the built-in tiny end-to-end job (what `make demo` runs)")
     de.add_argument(
-        "--out", default="runs/demo", help="output directory (re-runs replace only its own files)"
+        "--out",
+        help="output directory, runs/demo or runs/compare (re-runs replace only their own files)",
     )
+    de.add_argument(
+        "--compare", action="store_true",
+        help="compare GRPO, PPO, online DPO, RFT and DPO from the demo's SFT base",
+    )  # fmt: skip
     de.set_defaults(func=_demo)
 
     ev = sub.add_parser("eval", help="pass@k suites; or score samples made elsewhere")
