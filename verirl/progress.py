@@ -22,7 +22,6 @@ TRAIN_METRICS = {
     "reward_mean": "reward",
     "kl": "kl",
     "entropy": "entropy",
-    "loss": "loss",
 }
 
 
@@ -91,16 +90,15 @@ class Progress:
                 BarColumn,
                 MofNCompleteColumn,
                 TextColumn,
-                TimeElapsedColumn,
                 TimeRemainingColumn,
             )
             from rich.progress import Progress as RichProgress
 
+            # narrow bar: the numbers matter more than the bar on an 80-column terminal
             self._bar = RichProgress(
                 TextColumn(title),
-                BarColumn(),
+                BarColumn(bar_width=12),
                 MofNCompleteColumn(),
-                TimeElapsedColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
                 TextColumn("{task.description}"),
