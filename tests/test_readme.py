@@ -94,7 +94,7 @@ def test_readme_walk_through_runs_in_order(tmp_path, monkeypatch, capsys):
         captured = capsys.readouterr()
         assert rc == 0, f"README line failed: {line}\n{captured.out[-2000:]}\n{captured.err}"
         ran.append(argv[0] if argv[0] != "envs" else f"envs {argv[1]}")
-        progress = {"sft": "sft step 2/2 (100%)", "train": "train step ",
+        progress = {"sft": "sft step 2/2 (100%)  loss ", "train": "train step ",
                     "eval": "eval base (n=2) problem 4/4 (100%)"}.get(argv[0])  # fmt: skip
         assert progress is None or progress in captured.out, (line, captured.out[-1500:])
         if argv[0] == "train" and not checked:  # the first training run

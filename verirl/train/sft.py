@@ -113,7 +113,7 @@ def sft(cfg: SftConfig, overwrite: bool = False, unique: bool = False) -> Path:
             log.log({"step": step + 1, "loss": float(loss.detach()), "grad_norm": grad_norm,
                      "lr": sched.get_last_lr()[0], "step_seconds": seconds,
                      "tokens_per_s": float(batch.attention_mask.sum()) / seconds})  # fmt: skip
-            progress.update(1, {"loss": float(loss.detach())})
+            progress.update(1, f"loss {float(loss.detach()):.3f}")
     finally:
         progress.close()
         log.close()
