@@ -128,3 +128,35 @@ def test_resolve_forward_takes_the_lean_path_only_on_cpu_outside_torchrun(tiny_m
     assert resolve_forward("auto", lora) == "transformers"
     with pytest.raises(ConfigError, match=r"model\.forward: 'lean' supports"):
         resolve_forward("lean", lora)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_blockwise_head_logprobs_equal_the_logits_path(tiny_model_dir, monkeypatch, shared):
+    """Large batches on the lean path score tokens from the hidden state in blocks (no
+    [B, T, V] logits): the same log-probs, entropies and gradients as logits + log-softmax."""
+    from verirl.train.model import forward_logprobs
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    monkeypatch.setattr(model_mod, "SHARE_PROMPTS", shared)
+    prompts = [[5, 6, 7, 8, 9], [11, 12, 13]]
+    rows = [(p, torch.randint(2, 250, (n,)).tolist()) for p in prompts for n in (4, 7, 2)]
+    batch = pack([p for p, _ in rows], [c for _, c in rows], 0, "cpu")
+    first, out = batch.first_target(), {}
+    calls = []
+    real = model_mod.head_token_logprobs_and_entropy
+    monkeypatch.setattr(model_mod, "head_token_logprobs_and_entropy",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))  # fmt: skip
+    for limit in (2**40, 0):
+        monkeypatch.setattr(model_mod, "HEAD_BLOCK_MIN_ELEMENTS", limit)
+        model.zero_grad(set_to_none=True)
+        lp, ent, h = forward_logprobs(model, batch, start=first, temperature=0.7, hidden=True)
+        ((lp * batch.mask[:, first:]).sum() + h.sum()).backward()
+        out[limit] = (lp.detach(), ent, {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert calls == [1]
+    (lp_a, ent_a, g_a), (lp_b, ent_b, g_b) = out[2**40], out[0]
+    m = batch.mask[:, first:].bool()
+    torch.testing.assert_close(lp_b[m], lp_a[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent_b[m], ent_a[m], atol=1e-5, rtol=1e-5)
+    for n, g in g_a.items():
+        assert (g_b[n] - g).abs().max() <= 1e-5 * g.abs().max() + 1e-7, n

@@ -230,7 +230,14 @@ def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
 def train_forward(
     model: Any, input_ids: torch.Tensor, start: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits [B, L−start, V], last hidden state [B, L−start, H]) of positions start… of the
+    """(logits [B, L−start, V], last hidden state [B, L−start, H]): ``train_hidden`` and the
+    LM head."""
+    h = train_hidden(model, input_ids, start)
+    return F.linear(h, model.lm_head.weight, _bias(model.lm_head)), h
+
+
+def train_hidden(model: Any, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Last hidden state (after the final norm) [B, L−start, H] of positions start… of the
     right-padded `input_ids` [B, L], with autograd. Right padding needs no mask beyond the
     causal one: a real token never attends to a later (padding) position. `model` must pass
     ``is_plain``; dropout is not applied (call it only when attention dropout is 0)."""
@@ -246,8 +253,7 @@ def train_forward(
     h = F.embedding(input_ids, inner.embed_tokens.weight)  # [B, L, H]
     for i, layer in enumerate(inner.layers):
         h = decoder_layer(_Layer(i, layer, model.config), h, train_norm, rope, attend)
-    h = train_norm(h[:, start:], inner.norm.weight, float(inner.norm.variance_epsilon))
-    return F.linear(h, model.lm_head.weight, _bias(model.lm_head)), h
+    return train_norm(h[:, start:], inner.norm.weight, float(inner.norm.variance_epsilon))
 
 
 def shared_prompt_rows(
@@ -279,7 +285,21 @@ def train_forward_shared(
     completions: list[list[int]],
     start: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``train_forward`` for rows that share prompts (GRPO's G completions of one prompt): each
+    """(logits, last hidden state) of ``train_hidden_shared``, as ``train_forward``."""
+    h = train_hidden_shared(model, input_ids, prompt_lens, prompts, prompt_of, completions, start)
+    return F.linear(h, model.lm_head.weight, _bias(model.lm_head)), h
+
+
+def train_hidden_shared(
+    model: Any,
+    input_ids: torch.Tensor,
+    prompt_lens: list[int],
+    prompts: list[list[int]],
+    prompt_of: list[int],
+    completions: list[list[int]],
+    start: int = 0,
+) -> torch.Tensor:
+    """``train_hidden`` for rows that share prompts (GRPO's G completions of one prompt): each
     distinct prompt runs through the layers once, its keys and values serving all its rows.
 
     Token positions are laid out flat: U distinct prompts right-padded to Lp, then B
@@ -354,8 +374,7 @@ def train_forward_shared(
     at = torch.where(t < plen[:, None], of[:, None] * lp + t,
                      n_p + torch.arange(b, device=dev)[:, None] * lc
                      + (t - plen[:, None]).clamp(0, lc - 1))  # fmt: skip
-    h = h[at]  # [B, L−start, H]
-    return F.linear(h, model.lm_head.weight, _bias(model.lm_head)), h
+    return h[at]  # [B, L−start, H]
 
 
 class LeanDecoder:

@@ -166,3 +166,96 @@ def entropy_from_logits(logits: torch.Tensor, *, chunk_tokens: int | None = None
         p = torch.softmax(z, dim=-1)
         out[r, c] = torch.logsumexp(z, dim=-1) - (p * z).sum(-1)
     return out
+
+
+class _HeadTokenLogprobs(torch.autograd.Function):
+    """log softmax((h·Wᵀ + b) / τ)[tok] from the last hidden state, never holding the
+    [B, T, V] logits: each block of positions is projected, scored and dropped; the backward
+    pass projects it again (one more head matmul) and accumulates ∂h = g_z·W, ∂W = g_zᵀ·h,
+    ∂b = Σ g_z with g_z = (1[v = tok] − p_v)·g/τ. The liger-kernel "fused linear cross-entropy"
+    idea, in plain torch."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        h: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        tokens: torch.Tensor,
+        chunk_tokens: int,
+        temperature: float,
+        with_entropy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = _compute_dtype(h)
+        out = torch.empty(tokens.shape, dtype=dtype, device=h.device)  # [B, T]
+        lse = torch.empty_like(out)
+        ent = torch.empty_like(out) if with_entropy else out.new_empty(0)
+        for r, c in _blocks(tokens.shape[0], tokens.shape[1], chunk_tokens):
+            z = torch.nn.functional.linear(h[r, c], weight, bias).to(dtype)  # [b, t, V]
+            if temperature != 1.0:
+                z = z / temperature
+            lse[r, c] = torch.logsumexp(z, dim=-1)
+            out[r, c] = z.gather(-1, tokens[r, c].unsqueeze(-1)).squeeze(-1) - lse[r, c]
+            if with_entropy:
+                p = (z - lse[r, c].unsqueeze(-1)).exp_()
+                ent[r, c] = lse[r, c] - (p * z).sum(-1)
+        ctx.save_for_backward(h, weight, bias, tokens, lse)
+        ctx.chunk_tokens, ctx.temperature = chunk_tokens, temperature
+        ctx.mark_non_differentiable(ent)
+        return out, ent
+
+    @staticmethod
+    @once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_out: torch.Tensor, _grad_entropy: Any
+    ) -> tuple[Any, ...]:
+        h, weight, bias, tokens, lse = ctx.saved_tensors
+        tau = ctx.temperature
+        grad_h = torch.zeros_like(h)
+        acc = torch.promote_types(weight.dtype, torch.float32)  # ∂W summed over blocks
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        grad_b = None if bias is None else torch.zeros(bias.shape, dtype=acc, device=bias.device)
+        for r, c in _blocks(tokens.shape[0], tokens.shape[1], ctx.chunk_tokens):
+            hb = h[r, c]  # [b, t, H]
+            z = torch.nn.functional.linear(hb, weight, bias).to(lse.dtype)
+            if tau != 1.0:
+                z = z / tau
+            g_out = grad_out[r, c].unsqueeze(-1).to(lse.dtype)  # [b, t, 1]
+            g = (z - lse[r, c].unsqueeze(-1)).exp_().mul_(-g_out)
+            g.scatter_add_(-1, tokens[r, c].unsqueeze(-1), g_out)
+            gz = g.div_(tau).to(h.dtype)  # [b, t, V] ∂/∂logits
+            grad_h[r, c] = gz @ weight
+            flat_g, flat_h = gz.flatten(0, -2), hb.flatten(0, -2)
+            grad_w.addmm_(flat_g.t().to(acc), flat_h.to(acc))
+            if grad_b is not None:
+                grad_b += flat_g.sum(0).to(acc)
+        return (grad_h, grad_w.to(weight.dtype),
+                None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None)  # fmt: skip
+
+
+def head_token_logprobs_and_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    tokens: torch.Tensor,
+    *,
+    chunk_tokens: int | None = None,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_logprobs_and_entropy(linear(hidden, weight, bias), tokens)`` without the logits:
+    hidden [B, T, H], weight [V, H] (the LM head), tokens [B, T] -> log-probs (with grad into
+    hidden, weight, bias) and entropies [B, T]. Peak extra memory ~2·chunk_tokens·V floats
+    instead of B·T·V logits and their gradient; one more head matmul in the backward pass.
+
+    >>> h, w = torch.randn(2, 3, 4), torch.randn(5, 4)
+    >>> lp, _ = head_token_logprobs_and_entropy(h, w, None, torch.zeros(2, 3, dtype=torch.long))
+    >>> torch.allclose(lp, token_logprobs(h @ w.t(), torch.zeros(2, 3, dtype=torch.long)))
+    True
+    """
+    if hidden.shape[:-1] != tokens.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} do not match tokens {tuple(tokens.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    chunk = _chunk(chunk_tokens, weight.shape[0])
+    out, ent = _HeadTokenLogprobs.apply(hidden, weight, bias, tokens, chunk, temperature, True)
+    return out, ent

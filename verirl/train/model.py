@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from verirl.algos import adapters_disabled, ema_update, frozen_copy
+from verirl.algos.logprobs import head_token_logprobs_and_entropy, token_logprobs_and_entropy
 from verirl.errors import ConfigError
 from verirl.lean_model import (
     SUPPORTED,
@@ -22,6 +23,8 @@ from verirl.lean_model import (
     shared_prompt_rows,
     train_forward,
     train_forward_shared,
+    train_hidden,
+    train_hidden_shared,
 )
 from verirl.train.config import ModelSection
 
@@ -235,8 +238,7 @@ def forward_logits(
     CPU), or ``train_forward_shared`` when rows share prompts (each distinct prompt through
     the layers once); "transformers", wrapped (DDP, FSDP, peft), checkpointed or
     dropout-using models, and other architectures run the model's own forward."""
-    lean = forward == "lean" or (forward == "auto" and AUTO_LEAN and lean_by_default(model))
-    if lean and _lean_ok(model, batch):
+    if _use_lean(model, batch, forward):
         logits, last = _lean_forward(model, batch, start)
         return logits[:, :-1], (last[:, :-1] if hidden else None)
     keep = {"logits_to_keep": batch.input_ids.shape[1] - start} if start else {}
@@ -249,6 +251,52 @@ def forward_logits(
     )
     h = out.hidden_states[-1][:, start:-1] if hidden else None
     return out.logits[:, :-1], h
+
+
+# On the lean path, batches whose logits would exceed this many elements (1 GiB in float32)
+# score tokens straight from the last hidden state in blocks (``head_token_logprobs_and_entropy``)
+# and never hold [B, T, V] logits or their gradient; smaller ones keep the faster plain head.
+HEAD_BLOCK_MIN_ELEMENTS = 2**28
+
+
+def forward_logprobs(
+    model: Any,
+    batch: Batch,
+    *,
+    start: int = 0,
+    forward: str = "auto",
+    temperature: float = 1.0,
+    hidden: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """(log softmax(z / T)[targets[:, start:]] [B, T'], entropy [B, T'] (no grad), last hidden
+    state there or None): ``forward_logits`` then ``token_logprobs_and_entropy``, or, for large
+    batches on the lean path, the two fused in blocks over positions."""
+    tokens = batch.targets[:, start:]
+    big = tokens.numel() * model.config.vocab_size > HEAD_BLOCK_MIN_ELEMENTS
+    if big and _use_lean(model, batch, forward):
+        h = _lean_hidden(model, batch, start)[:, :-1]
+        head = model.lm_head
+        lp, ent = head_token_logprobs_and_entropy(h, head.weight, head.bias, tokens,
+                                                  temperature=temperature)  # fmt: skip
+        return lp, ent, (h if hidden else None)
+    logits, h = forward_logits(model, batch, hidden=hidden, start=start, forward=forward)
+    lp, ent = token_logprobs_and_entropy(logits, tokens, temperature=temperature)
+    return lp, ent, h
+
+
+def _use_lean(model: Any, batch: Batch, forward: str) -> bool:
+    lean = forward == "lean" or (forward == "auto" and AUTO_LEAN and lean_by_default(model))
+    return lean and _lean_ok(model, batch)
+
+
+def _lean_hidden(model: Any, batch: Batch, start: int) -> torch.Tensor:
+    if SHARE_PROMPTS and batch.prompt_lens is not None:
+        lengths = batch.attention_mask.sum(-1).tolist()
+        prompt_lens = batch.prompt_lens.tolist()
+        plan = shared_prompt_rows(batch.input_ids, lengths, prompt_lens)
+        if plan is not None:
+            return train_hidden_shared(model, batch.input_ids, prompt_lens, *plan, start=start)
+    return train_hidden(model, batch.input_ids, start)
 
 
 def _lean_forward(model: Any, batch: Batch, start: int) -> tuple[torch.Tensor, torch.Tensor]:

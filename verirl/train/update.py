@@ -27,14 +27,12 @@ from verirl.algos import (
     masked_whiten,
     policy_objective,
     soft_overlong_penalty,
-    token_logprobs,
 )
-from verirl.algos.logprobs import token_logprobs_and_entropy
 from verirl.envs.base import Environment, Row
 from verirl.rewards.result import RewardResult
 from verirl.rollout.base import Completion
 from verirl.train.config import AlgoSection
-from verirl.train.model import Batch, ValueHead, forward_logits, pack
+from verirl.train.model import Batch, ValueHead, forward_logprobs, pack
 
 
 def batch_rows(rows: Any, step: int, n: int, seed: int) -> list[Row]:
@@ -151,9 +149,8 @@ def sequence_logprobs(
     for s in range(0, batch.targets.shape[0], micro):
         mb = batch.slice(slice(s, s + micro))
         first = mb.first_target()  # prompt columns left of it: 0, never read (masked)
-        logits, h = forward_logits(model, mb, hidden=value_head is not None, start=first,
-                                   forward=forward)  # fmt: skip
-        lp = token_logprobs(logits, mb.targets[:, first:], temperature=temperature)
+        lp, _, h = forward_logprobs(model, mb, start=first, forward=forward,
+                                    temperature=temperature, hidden=value_head is not None)  # fmt: skip
         logps.append(torch.nn.functional.pad(lp, (first, width - first - lp.shape[1])))
         if value_head is not None:
             v = value_head(h)
@@ -335,10 +332,8 @@ def _micro_step(
     # columns first…w: from the first completion token of any row to the longest row's end
     first, w = mb.first_target(), mb.targets.shape[1]
     cols = slice(first, w)
-    logits, h = forward_logits(model, mb, hidden=value_head is not None, start=first,
-                               forward=forward)  # fmt: skip
-    logp, ent = token_logprobs_and_entropy(logits, mb.targets[:, cols],
-                                           temperature=ro.temperature)  # fmt: skip
+    logp, ent, h = forward_logprobs(model, mb, start=first, forward=forward,
+                                    temperature=ro.temperature, hidden=value_head is not None)  # fmt: skip
     m = mb.mask[:, cols]
     loss, metrics = policy_objective(
         logp, _rows(ro.old_logp, idx, cols), ro.adv[idx, cols], m, objective,
