@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import pytest
 from verirl.envs import Environment, Prompt, Row, make_env
 from verirl.rewards.combine import combine
+from verirl.rewards.math_guard import GUARD_GOLDS
 from verirl.rewards.result import RewardResult
 from vr_lenient_env import LenientCodeEnv, LenientEnv
 
@@ -198,12 +199,8 @@ def test_format_bonus_for_broken_tags_is_a_hack_but_not_for_a_tidy_wrong_answer(
 
 
 # ---- every built-in environment passes its audit -----------------------------------------------
-# Placeholder golds until the math guard's GUARD_GOLDS land.
-MATH_GOLDS = [
-    r"\frac{5}{6}", "3", "-2", "0", r"\sqrt{2}", r"2\sqrt{3}", r"\pi", r"\frac{\pi}{4}",
-    "(1, 2)", "[2, 5)", r"(-\infty, 3]", r"\{1, 2, 3\}", "x^2 + 1", "y = 2x + 3",
-    r"\text{Evelyn}", "B", r"25\%", r"30^\circ", "3 + 4i", "1000000", "0.25", r"-\frac{1}{2}",
-]  # fmt: skip
+# The math guard's spread of gold kinds (integers to matrices, text, choices, percents).
+MATH_GOLDS = [g for g, _kind in GUARD_GOLDS]
 
 
 def _jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
@@ -238,9 +235,11 @@ def _builtin_env(name: str, tmp: Path) -> Environment:
     if name == "math":
         return make_env("math", data=_jsonl(tmp / "m.jsonl", _math_rows()))
     if name == "math+format":
-        return make_env("math", data=_jsonl(tmp / "m.jsonl", _math_rows()), format_weight=0.1)
+        rows = _math_rows()[::7]  # a spread of gold kinds
+        return make_env("math", data=_jsonl(tmp / "m.jsonl", rows), format_weight=0.1)
     if name == "math500":
-        return make_env("math500", data=_jsonl(tmp / "p.jsonl", _math_rows(question_key="problem")))
+        rows = _math_rows(question_key="problem")[3::10]
+        return make_env("math500", data=_jsonl(tmp / "p.jsonl", rows))
     if name == "gsm8k":
         rows = [{"question": "How many are there in all?", "answer": f"We count them.\n#### {n}"}
                 for n in (72, 10, 5, 1024, 0, 18, 3, 150)]  # fmt: skip
@@ -256,14 +255,18 @@ def _builtin_env(name: str, tmp: Path) -> Environment:
 
 @pytest.mark.parametrize(
     ("name", "rows"),
-    [("arithmetic", 50), ("math", 50), ("math+format", 10), ("math500", 10), ("gsm8k", 8),
+    [("arithmetic", 50), ("math", 50), ("math+format", 6), ("math500", 4), ("gsm8k", 4),
      ("reasoning_gym", 50), ("code", 1), ("stdio", 2), ("humaneval", 2)],
 )  # fmt: skip
 def test_builtin_env_passes_its_audit(name: str, rows: int, tmp_path: Path, request: Any) -> None:
     env = _builtin_env(name, tmp_path)
     if name in ("code", "stdio", "humaneval"):
         env.attach_sandbox(request.getfixturevalue("process_sandbox"))  # type: ignore[attr-defined]
+    # The math guard's own test puts every universal candidate against every gold kind through
+    # each built-in scorer: here each meets one row, and none in the math env's variants (same
+    # scorer; their own parts, gold_from, columns, the format mix, meet every other probe).
+    candidate_rows = 0 if name in ("math+format", "math500", "gsm8k") else 1
     with env:
-        report = audit_env(env, rows=rows)
+        report = audit_env(env, rows=rows, candidate_rows=candidate_rows)
     assert report.probes > 0
     assert report.ok, f"{name}: {len(report.findings)} findings\n{_summary(report)}"

@@ -24,41 +24,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
-Expect = Literal["zero", "zero_correct", "full"]
+from verirl.rewards.math_guard import UNIVERSAL_CANDIDATES
 
-# PLACEHOLDER until verirl.rewards.math_guard lands (the math issue's universal-answer guard).
-UNIVERSAL_CANDIDATES: tuple[str, ...] = (
-    "0",
-    "1",
-    "-1",
-    "1/0",
-    "-1/0",
-    "\\frac{1}{0}",
-    "\\infty",
-    "-\\infty",
-    "\\ln 0",
-    "\\log 0",
-    "nan",
-    "zoo",
-    "oo",
-    "x",
-    "\\pm 1",
-    "1,2,3",
-    "1 2 3 4 5 6 7 8 9 0",
-    "2 3",
-    "True",
-    "False",
-    "\\text{undefined}",
-    "\\text{all real numbers}",
-    "\\emptyset",
-    "\\mathbb{R}",
-    "(-\\infty, \\infty)",
-    "any",
-    "yes",
-    "A, B, C, D",
-    "0^0",
-    "0/0",
-)
+Expect = Literal["zero", "zero_correct", "full"]
 
 
 @dataclass(frozen=True)
@@ -253,9 +221,12 @@ def perturbed_gold_probes(gold: str, tags: Sequence[str]) -> list[Probe]:
     value = _number(canon(g))
     if _is_int(g):
         cases += [("{gold}.5", f"{g}.5"), ("{gold}0", f"{g}0"), ("{gold}+1", str(int(g) + 1))]
-    if value is not None:
-        near = value + Fraction(1, 10**6)
-        cases.append(("{gold}+10^-6", _decimal(near)))
+    decimals = re.fullmatch(r"-?\d+\.(\d+)", g)
+    if decimals:  # a decimal gold is judged at the precision it states: step its last digit
+        step = Fraction(1, 10 ** len(decimals.group(1)))
+        cases.append(("{gold} + one unit in its last digit", _decimal(Fraction(g) + step)))
+    elif value is not None:  # exact: a millionth off is wrong
+        cases.append(("{gold}+10^-6", _decimal(value + Fraction(1, 10**6))))
     probes = [
         Probe("perturbed", name, style, text, "zero_correct")
         for name, raw in cases

@@ -39,9 +39,10 @@ ANSWER_KINDS = frozenset(
     {"exact-integer", "exact-match", "math-equivalence", "task-scorer", "math"}
 )
 KNOWN_KINDS = ANSWER_KINDS | {"format", "unit-tests", "io-tests"}
-# Each universal candidate, in each style, meets this many rows (all with `exhaustive`): a
-# universal answer shows on any ten golds, and 50 rows of a symbolic checker stay under a minute.
-CANDIDATE_ROWS = 10
+# Each universal candidate, in each style, meets this many rows (all with `exhaustive`): an
+# answer that beats most golds shows on any five, and 50 rows of a symbolic checker stay near a
+# minute on two cores (the math guard's own test runs the full product on its golds).
+CANDIDATE_ROWS = 5
 FLOOD_ROWS = 2  # rows that get the 100 kB junk completions (robustness, not row-dependent)
 MAX_RESCORES = 400  # score_batch calls spent isolating infra_error results, at most
 
@@ -212,7 +213,8 @@ def probes_for_row(
     tags = _tags(env)
     probes = generic_probes(_prompt_text(env, row), gold, tags, floods=index < FLOOD_ROWS)
     if "answer" in batteries and gold is not None:
-        probes += math_probes(gold, tags, index, stride)
+        if stride > 0:
+            probes += math_probes(gold, tags, index, stride)
         probes += perturbed_gold_probes(gold, tags)
         probes += gold_probes(gold, styles, tags)
     if "format" in batteries:
@@ -304,11 +306,12 @@ def audit_env(
     progress: bool = False,
     gold_field: str | None = None,
     exhaustive: bool = False,
+    candidate_rows: int = CANDIDATE_ROWS,
 ) -> AuditReport:
     """Score the battery on the first `rows` rows of `split` and report every finding.
 
-    Universal candidates rotate over the rows (each meets `CANDIDATE_ROWS` of them) unless
-    `exhaustive`; every other probe runs on every row."""
+    Universal candidates rotate over the rows (each, in each style, meets `candidate_rows` of
+    them; none with 0) unless `exhaustive`; every other probe runs on every row."""
     if rows < 1:
         raise ConfigError(f"--rows must be >= 1, got {rows}")
     t0 = time.perf_counter()
@@ -321,11 +324,12 @@ def audit_env(
     unknown = sorted(set(env.reward_kinds) - KNOWN_KINDS)
     if unknown:
         report.notes.append(f"reward kinds {unknown} unknown to the audit; batteries: {batteries}")
-    stride = 1 if exhaustive else max(1, len(data) // CANDIDATE_ROWS)
+    # stride 0: no universal candidates (candidate_rows=0, for a scorer audited elsewhere)
+    stride = 1 if exhaustive else -(-len(data) // candidate_rows) if candidate_rows > 0 else 0
     if stride > 1 and "answer" in batteries:
         report.notes.append(
-            f"each universal candidate was tried on {len(data) // stride}+ of {len(data)} rows "
-            "per style (--exhaustive: on all)"
+            f"each universal candidate was tried on {len(data) // stride} to "
+            f"{-(-len(data) // stride)} of {len(data)} rows per style (--exhaustive: on all)"
         )
     plan: list[tuple[int, Probe, str | None]] = []
     missing_gold = 0
