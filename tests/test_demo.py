@@ -13,6 +13,8 @@ from verirl.demo import main
 
 def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path: Path) -> None:
     out = tmp_path / "demo"
+    (out / "beta").mkdir(parents=True)  # a run of the user's under runs/demo: it must survive
+    (out / "beta" / "config.yaml").write_text("name: beta\n")
     rc = main(
         str(out),
         sft_overrides=["train.steps=30"],
@@ -40,5 +42,6 @@ def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path: Path) -> None:
         assert (out / f).stat().st_size > 0, f
     report = (out / "report.md").read_text()
     assert "| GRPO |" in report and "eval/passk.png" in report and "pass@4" in report
+    assert (out / "beta" / "config.yaml").read_text() == "name: beta\n"
     steps = (out / "grpo" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in steps] == [1, 2, 3]
