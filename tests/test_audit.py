@@ -4,6 +4,7 @@ environment passes its own audit."""
 
 from __future__ import annotations
 
+import doctest
 import json
 import re
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ from verirl.rewards.result import RewardResult
 from vr_lenient_env import LenientCodeEnv, LenientEnv
 
 from verirl.audit import audit_env
+from verirl.audit import battery as audit_battery
+from verirl.audit import report as audit_report
 from verirl.audit.battery import could_be_gold, perturbed_gold_probes
 from verirl.audit.runner import AuditError, AuditReport
 from verirl.cli import main
@@ -44,6 +47,12 @@ def _summary(report: AuditReport) -> str:
 
 
 # ---- the battery, as pure functions -----------------------------------------------------------
+@pytest.mark.parametrize("module", [audit_battery, audit_report])
+def test_doctests(module: Any) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
+
+
 @pytest.mark.parametrize(
     ("candidate", "gold", "maybe"),
     [

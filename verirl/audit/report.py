@@ -25,7 +25,7 @@ def shown(text: Any, n: int = 80) -> str:
     """Printable, single-line, at most `n` characters.
 
     >>> shown("a\\nb\\ud800" + "x" * 100, 12)
-    'a⏎b\\\\ud800x…'
+    'a⏎b\\\\ud800xx…'
     """
     s = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
     s = s.replace("\x00", "\\0").replace("\n", "⏎").replace("\t", " ")
