@@ -146,6 +146,17 @@ def test_false_negative_probe_names_the_rejected_style() -> None:
     assert report.findings[0].probe.completion == "The answer is $\\boxed{40}$."
 
 
+class _UnknownKindEnv(LenientEnv):
+    name = "vr-unknown-kind"
+    reward_kinds = ("my-own-kind",)
+
+
+def test_unknown_reward_kinds_fall_back_to_the_shape_of_the_rows() -> None:
+    report = audit_env(_UnknownKindEnv(size=2), rows=2)
+    assert report.batteries == ("generic", "answer") and "unknown to the audit" in report.notes[0]
+    assert "36 or 3" in _examples(report)["{gold} or {alt}"]
+
+
 class _PoisonedBatchEnv(_StrictEnv):
     """A scorer whose whole batch fails when one completion holds a lone surrogate."""
 
@@ -224,6 +235,11 @@ def _math_rows(answer_key: str = "answer", question_key: str = "question") -> li
 
 
 FUNCTION_ROWS = [
+    # assertions inside a map: a StopIteration from the candidate would end the loop early
+    {"task_id": "t/double", "entry_point": "double",
+     "prompt": "def double(x):\n    \"\"\"2 x\"\"\"\n", "canonical_solution": "    return 2 * x\n",
+     "test": "def check(candidate):\n    for got, want in zip(map(candidate, [1, 2]), [2, 4]):\n"
+             "        assert got == want\n"},
     {"task_id": "t/add", "entry_point": "add", "prompt": "def add(x, y):\n    \"\"\"x + y\"\"\"\n",
      "canonical_solution": "    return x + y\n",
      "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"},
