@@ -1,7 +1,12 @@
-"""verirl's math reward vs Math-Verify 0.9.0 on the same labelled table, in one run.
+"""verirl's math reward vs Math-Verify 0.9.0 on the same rows, in one run: our labelled table,
+the conformance corpus of other graders' cases (per source), and the universal-answer guard.
 
     python benchmarks/math_vs_mathverify.py [--cases tests/data/math_cases.jsonl] [--workers 2]
-                                            [--repeat 5] [--json out.json]
+                                            [--repeat 5] [--json out.json] [--guard-stride 1]
+
+For each suite: accuracy, false positives and false negatives separately, the worst single
+item, and the batch speed ratio (Math-Verify's sequential total / verirl's batch total). On the
+guard every row is labelled 0, so every pass is a false positive (a reward hack).
 
 Each table row is (completion, gold, expected). Math-Verify gets ``parse(completion)`` and
 ``parse("$" + gold + "$")`` (its documented usage) and ``verify(gold, pred)``; verirl gets
@@ -20,12 +25,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from verirl.rewards.math_corpus import load_corpus
+from verirl.rewards.math_guard import GUARD_GOLDS, guard_completions
 from verirl.rewards.math_pool import CheckerPool
 from verirl.rewards.math_reward import math_reward, math_reward_batch
 
 from verirl.jsonl import read_jsonl
 
 DEFAULT_CASES = Path(__file__).resolve().parent.parent / "tests" / "data" / "math_cases.jsonl"
+DEFAULT_CORPUS = DEFAULT_CASES.parent / "math_corpus"
 
 
 def run_verirl(cases: list[dict[str, Any]], workers: int, repeat: int) -> dict[str, Any]:
@@ -39,6 +47,11 @@ def run_verirl(cases: list[dict[str, Any]], workers: int, repeat: int) -> dict[s
             t = time.perf_counter()
             verdicts.append(math_reward(c["completion"], c["gold"], pool).ok)
             times.append(time.perf_counter() - t)
+    # The timed batch runs in fresh workers: each worker memoises its parses, and the
+    # sequential pass above must not warm them for it.
+    with CheckerPool(workers=workers, cache_size=0) as pool:
+        for _ in range(workers):
+            pool.start(wait=True)
         comps = [c["completion"] for c in cases] * repeat
         golds = [c["gold"] for c in cases] * repeat
         t = time.perf_counter()
@@ -51,8 +64,9 @@ def run_mathverify(cases: list[dict[str, Any]], repeat: int) -> dict[str, Any]:
     from math_verify import parse, verify
 
     def one(c: dict[str, Any]) -> bool:
+        gold = c["gold"] if "\\boxed" in c["gold"] else f"${c['gold']}$"
         try:
-            return bool(verify(parse(f"${c['gold']}$"), parse(c["completion"])))
+            return bool(verify(parse(gold), parse(c["completion"])))
         except Exception:
             return False
 
@@ -118,6 +132,55 @@ def summary(name: str, cases: list[dict[str, Any]], res: dict[str, Any]) -> dict
     }
 
 
+def errors(cases: list[dict[str, Any]], verdicts: list[bool]) -> tuple[int, int]:
+    """(false positives, false negatives) against the labels."""
+    fp = sum(v and not c["expected"] for v, c in zip(verdicts, cases, strict=True))
+    fn = sum(c["expected"] and not v for v, c in zip(verdicts, cases, strict=True))
+    return fp, fn
+
+
+def compare_suite(name: str, cases: list[dict[str, Any]], workers: int) -> dict[str, Any]:
+    """Both checkers on one suite; prints one line per checker, and agreement per source."""
+    runs = {"verirl": run_verirl(cases, workers, 1), "math-verify": run_mathverify(cases, 1)}
+    print(
+        f"\n== {name}: {len(cases)} rows ({sum(c['expected'] for c in cases)} labelled equivalent)"
+    )
+    out: dict[str, Any] = {}
+    for checker, res in runs.items():
+        fp, fn = errors(cases, res["verdicts"])
+        acc = 1 - (fp + fn) / len(cases)
+        worst = max(res["times"])
+        print(
+            f"  {checker:12s} accuracy {acc:.3f}  FP {fp:5d}  FN {fn:4d}  "
+            f"total {res['batch_s']:7.2f}s  worst item {worst:.3f}s"
+        )
+        out[checker] = {"accuracy": acc, "fp": fp, "fn": fn, "total_s": res["batch_s"],
+                        "worst_s": worst}  # fmt: skip
+    for src in sorted({c.get("source", "") for c in cases} - {""}):
+        idx = [i for i, c in enumerate(cases) if c.get("source") == src]
+        agree = {
+            k: sum(r["verdicts"][i] == cases[i]["expected"] for i in idx) / len(idx)
+            for k, r in runs.items()
+        }
+        print(
+            f"    {src:24s} n={len(idx):3d}  verirl {agree['verirl']:.3f}  "
+            f"math-verify {agree['math-verify']:.3f}"
+        )
+    ratio = runs["math-verify"]["batch_s"] / runs["verirl"]["batch_s"]
+    print(f"  speed ratio (math-verify sequential / verirl batch of 2 workers): {ratio:.1f}x")
+    out["ratio"] = ratio
+    return out
+
+
+def guard_cases(stride: int) -> list[dict[str, Any]]:
+    golds = [g for g, _ in GUARD_GOLDS][::stride]
+    return [
+        {"completion": text, "gold": g, "expected": False, "category": f"guard:{style}"}
+        for _, style, text in guard_completions()
+        for g in golds
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default=str(DEFAULT_CASES))
@@ -127,7 +190,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--numeric", type=int, default=1000, help="size of a GSM8K-like integer batch (0: skip)"
     )
+    ap.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="conformance corpus folder")
+    ap.add_argument(
+        "--guard-stride", type=int, default=1, help="use every n-th guard gold (1: all 42)"
+    )
+    ap.add_argument("--skip-table", action="store_true", help="only the corpus and the guard")
     args = ap.parse_args(argv)
+    suites = {
+        "corpus": compare_suite("conformance corpus", load_corpus(args.corpus), args.workers),
+        "guard": compare_suite(
+            "universal-answer guard", guard_cases(args.guard_stride), args.workers
+        ),
+    }
+    if args.skip_table:
+        if args.json:
+            Path(args.json).write_text(json.dumps(suites, default=str))
+        return 0
+    print("\n== our own labelled table")
     cases = read_jsonl(args.cases)
     ours = summary("verirl", cases, run_verirl(cases, args.workers, args.repeat))
     theirs = summary("math-verify", cases, run_mathverify(cases, args.repeat))

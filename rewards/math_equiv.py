@@ -109,7 +109,7 @@ def fast_equiv(pred: str, gold: str) -> bool | None:
     True
     """
     gold_letter = choice_letter(gold)
-    if gold_letter is not None and len(normalize(gold).strip("()")) == 1:
+    if gold_letter is not None:  # "(B)", "B", "B. 42": the gold is a choice
         pred_letter = choice_letter(pred)
         if pred_letter is not None:
             return pred_letter == gold_letter
@@ -316,10 +316,28 @@ def _same_relation(da: Any, db: Any, sympy: Any, any_sign: bool) -> bool:
     inequality, whose direction a negative factor flips)."""
     if not da.free_symbols <= db.free_symbols or db == 0:
         return False
-    ratio = sympy.simplify(da / db)
+    if _ratio_varies(da, db, sympy):
+        return False  # cheap: most different equations are told apart at two points
+    ratio = sympy.cancel(da / db)
+    if not ratio.is_number:
+        ratio = sympy.simplify(ratio)
     if not ratio.is_number or ratio == 0 or not ratio.is_finite:
         return False
     return bool(any_sign or ratio.is_positive)
+
+
+def _ratio_varies(da: Any, db: Any, sympy: Any) -> bool:
+    """da/db takes two clearly different values at two fixed points (so it is no constant)."""
+    syms = sorted(db.free_symbols, key=str)
+    values = []
+    for k in range(2):
+        point = {x: sympy.Rational(37 + 11 * i + 5 * k, 29) for i, x in enumerate(syms)}
+        try:
+            values.append(complex(sympy.N((da / db).subs(point), 20)))
+        except (TypeError, ValueError, ZeroDivisionError):
+            return False
+    a, b = values
+    return a == a and b == b and abs(a - b) > 1e-9 * max(1.0, abs(a), abs(b))
 
 
 def _inequalities_equal(a: Any, b: Any, sympy: Any) -> bool:

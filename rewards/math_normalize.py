@@ -38,6 +38,7 @@ _TEX_REL_NAME = {"geqslant": "\\geq ", "leqslant": "\\leq ", "geq": "\\geq ", "l
                  "ge": "\\geq ", "le": "\\leq ", "gt": ">", "lt": "<"}  # fmt: skip
 _MATRIX_ENV = re.compile(r"\\(begin|end)\{(?:bmatrix|Bmatrix|matrix|smallmatrix)\}")
 _PLAIN_MIXED = re.compile(r"(?<![\d./^_{])(\d{1,9})\s+(\d{1,9})\s*/\s*(\d{1,9})(?![\d/.])")
+_LEADING_ZEROS = re.compile(r"(?<![\d.,_^{])0+(?=\d)")
 _JUXTAPOSED = re.compile(r"(?<![\d.,_^])\d+(?:[.,]\d+)?\s+\.?\d")  # not \\log_2 8
 _DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
 _PERCENT = re.compile(r"\\?%")
@@ -90,6 +91,7 @@ def normalize(ans: str) -> str:
     s = _CURRENCY.sub("", s)
     s = _THIN_THOUSANDS.sub("", s)
     s = _SPACE_CMD.sub(" ", s)
+    s = _LEADING_ZEROS.sub("", s)  # "+0001,000.00" is 1000
     if not any(b in s for b in ("(", "[", "\\{")):  # "(3,100)" is a pair, not 3100
         s = _COMMA_THOUSANDS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), s)
     s = _SCI.sub(r"\1\\times10^{\2}", s)
@@ -97,6 +99,8 @@ def normalize(ans: str) -> str:
     s = _MIXED.sub(r"(\1+\\frac{\2}{\3})", s)
     s = _PLAIN_MIXED.sub(_plain_mixed, s)
     s = s.strip().rstrip(".").strip()
+    if s.endswith("\\") and not s.endswith("\\\\"):
+        s = s[:-1].strip()  # "185\\" (a stray TeX line end) is 185
     s = _MEMBER.sub("", s)
     s = _FUNC_DEF.sub("", s)
     s = _REPEATING.sub(_repeating_to_fraction, s)
@@ -248,8 +252,8 @@ def choice_letter(ans: str) -> str | None:
     if m is None:
         return None
     rest = s[m.end() :].strip()
-    # "(c) 42" names C; a bare "e" or "a" in an expression does not.
-    if rest and not s.startswith("("):
+    # "(c) 42" and "C. x = 42" name C; a bare "e" or "a" in an expression does not.
+    if rest and not s.startswith("(") and not (m.group(1).isupper() and s[1:2] in ".)"):
         return None
     if m.group(1).islower() and not s.startswith("("):
         return None  # a bare "c" is as likely the constant c as choice (C): prefer 0

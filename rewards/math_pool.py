@@ -86,6 +86,13 @@ def _zygote(ctrl_fd: int, memory_mb: int) -> None:
             symbolic_equiv(expr, r"\frac{\sqrt{3}}{2} + x")
         except Exception:
             pass
+    # ...and the paths that reach simplify() and the equation comparison (their first call
+    # imports more of sympy, ~2 s that no worker should pay).
+    for pred, gold in _WARMUP_PAIRS:
+        try:
+            symbolic_equiv(pred, gold)
+        except Exception:
+            pass
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps killed workers
     # Ctrl-C is the caller's to handle; zygote and workers exit when their sockets close.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -114,6 +121,12 @@ _WARMUP = (
     r"\{1,2\}", r"[0,1)", r"(-\infty, 3]", r"(-\infty,1)\cup(2,\infty)", r"\pm 2",
     r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{bmatrix}1&2\\3&4\end{bmatrix}", r"1.5\times10^{3}",
     r"\frac{1}{x}+\frac{1}{y}", r"\left(3,\frac{1}{2}\right)", r"\infty", r"|x-1|", r"2\cdot 3", r"k = 7",
+)  # fmt: skip
+
+
+_WARMUP_PAIRS = (
+    (r"\sin^2 x + \cos^2 x", "1"), ("2x - 2y = 4", "x - y = 2"), ("y = x^2+2x+1", "2x+1+x^2"),
+    (r"x \geq 5", r"-x \leq -5"), (r"x^2 > 1", r"(-\infty, -1) \cup (1, \infty)"),
 )  # fmt: skip
 
 
