@@ -180,6 +180,26 @@ def test_poison_completion_is_isolated_and_reported() -> None:
     assert all(f.poisoned_batch > 0 for f in report.findings)
 
 
+class _CrowdedEnv(_StrictEnv):
+    """Times out on every completion scored in a batch of more than one (a loaded checker)."""
+
+    name = "vr-crowded"
+    answer_styles = ("bare",)
+
+    def score_batch(
+        self, completions: Sequence[str], rows: Sequence[Row], workers: int | None = None
+    ) -> list[RewardResult]:
+        if len(completions) > 1:
+            return [RewardResult(0.0, "timeout") for _ in completions]
+        return super().score_batch(completions, rows, workers)
+
+
+def test_a_gold_that_timed_out_under_load_is_tried_again_alone() -> None:
+    report = audit_env(_CrowdedEnv(), rows=2)
+    assert report.ok, _summary(report)
+    assert any("timed out in the batch" in n for n in report.notes)
+
+
 class _DownEnv(_StrictEnv):
     name = "vr-down"
 

@@ -61,7 +61,7 @@ def print_report(report: AuditReport) -> None:
         console.print("no findings", style="green")
         return
     table = Table(title=f"audit findings: {report.env}")
-    for col in ("finding", "candidate", "styles", "rows it passed", "example", "reward"):
+    for col in ("finding", "candidate", "styles", "rows", "example", "reward"):
         table.add_column(col, overflow="fold")
     for g in d["groups"][:MAX_TABLE]:
         ex = g["example"]
@@ -94,7 +94,7 @@ def markdown(report: AuditReport) -> str:
     ]
     lines += [f"- note: {shown(n, 300)}" for n in report.notes]
     if not report.ok:
-        lines += ["", "| finding | candidate | styles | rows it passed | example | gold | reward | detail |",
+        lines += ["", "| finding | candidate | styles | rows | example | gold | reward | detail |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for g in d["groups"]:
             ex = g["example"]

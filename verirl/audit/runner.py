@@ -298,6 +298,24 @@ def _isolate(
     return fixed, blame, notes
 
 
+def _retry_gold_timeouts(
+    env: Environment, plan: list[tuple[int, Probe, str | None]], rows: list[Row],
+    results: list[RewardResult], workers: int | None,
+) -> tuple[list[RewardResult], list[str]]:  # fmt: skip
+    """A gold that timed out in a crowded batch gets one more try alone: a wall-clock deadline
+    missed under load is not a false negative of the checker; a second timeout is reported."""
+    again = [k for k, (_, p, _) in enumerate(plan)
+             if p.expect == "full" and results[k].status == "timeout"]  # fmt: skip
+    if not again:
+        return results, []
+    fixed = list(results)
+    for k in again:
+        fixed[k] = env.score_batch([plan[k][1].completion], [rows[k]], workers=workers)[0]
+    cleared = sum(fixed[k].status != "timeout" for k in again)
+    return fixed, [f"{len(again)} gold probes timed out in the batch and were re-scored alone "
+                   f"({cleared} then got a verdict)"]  # fmt: skip
+
+
 def audit_env(
     env: Environment,
     rows: int = 50,
@@ -348,6 +366,8 @@ def audit_env(
     results = score_with_progress(env, completions, row_list, workers, progress)
     results, blame, notes = _isolate(env, completions, row_list, results, workers)
     report.notes += notes
+    results, note = _retry_gold_timeouts(env, plan, row_list, results, workers)
+    report.notes += note
     report.probes = len(plan)
     for k, ((i, probe, gold), res) in enumerate(zip(plan, results, strict=True)):
         report.statuses[res.status] = report.statuses.get(res.status, 0) + 1
