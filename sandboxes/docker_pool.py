@@ -185,7 +185,7 @@ class DockerPool(Sandbox):
                 self._sessions[ctr.id] = session
                 got, how = session.run(jobs)
             except SandboxInfraError:
-                if self._running(ctr, settle_s=0.0):
+                if self._running(ctr):
                     raise
                 how = "lost"  # killed while idle or starting: retried on a replacement
                 return {}, how

@@ -31,7 +31,8 @@ import time
 
 PRELOAD = (  # imported once, so each forked harness gets them for free
     "typing math random re string collections itertools functools heapq bisect hashlib "
-    "fractions decimal statistics copy datetime operator traceback ctypes fcntl tempfile"
+    "fractions decimal statistics copy datetime operator traceback ctypes fcntl tempfile resource "
+    "json socket"
 ).split()
 # What the runner takes from the solution source: the wire format and the child setup.
 WIRE_NAMES = ("encode", "decode", "frame", "read_message", "NotPlain", "place_fds", "become")
@@ -116,10 +117,6 @@ class Zygote:
             return self._ask({"reap": pid})["status"]
         except OSError:  # the zygote died: the sample was reparented to us and reaped
             return None
-
-    def close(self):
-        self.sock.close()
-        _reap(self.pid)
 
 
 def _harness(uid, job, fds, ns):
@@ -377,10 +374,10 @@ def _remove_sysv(objs):
     """IPC_RMID needs the creator's or owner's euid (or CAP_SYS_ADMIN, which we lack)."""
     import ctypes
 
-    libc = _libc()
+    libc, me = _libc(), os.geteuid()
     for kind, ident, cuid in objs:
         try:
-            if cuid != 0:
+            if cuid != me:
                 os.seteuid(cuid)
             if kind == "shm":
                 libc.shmctl(ident, 0, None)
@@ -388,24 +385,36 @@ def _remove_sysv(objs):
                 libc.msgctl(ident, 0, None)
             else:
                 libc.semctl(ident, 0, 0, ctypes.c_void_p(0))
+        except OSError:
+            pass  # what is left is found by the check that follows, and reported
         finally:
-            os.seteuid(0)
+            if os.geteuid() != me:
+                os.seteuid(me)
+
+
+def _ipc_of_job(opts, uids):
+    """SysV objects the job may have left: all of them where the IPC namespace is the
+    sandbox's own (a container, the jail), else only those of its own uids; with neither (a
+    user namespace on the host's IPC) none can be told apart from the host's (documented)."""
+    if opts["wipe"]:
+        return _sysv_objects(set())
+    return _sysv_objects(uids) if uids else []
 
 
 def _clean(opts, work):
     """Remove what the job left (IPC objects, queues, files) as root, then prove it: the
     reason it is not clean, or None."""
     uids = {u for u in (opts["uid"], opts["judge_uid"]) if u is not None}
-    _remove_sysv(_sysv_objects(uids if not opts["wipe"] else set()))
+    _remove_sysv(_ipc_of_job(opts, uids))
     queues = "/dev/mqueue" if os.path.ismount("/dev/mqueue") and opts["wipe"] else None
-    wiped = [work] + ([opts["scratch"], "/dev/shm"] if opts["wipe"] else [])
-    for d in ([queues] if queues else []) + wiped[1:]:
+    wiped = [opts["scratch"], "/dev/shm"] if opts["wipe"] else []
+    for d in ([queues] if queues else []) + wiped:
         for name in os.listdir(d) if os.path.isdir(d) else []:
             _remove(os.path.join(d, name))
     _remove(work)
-    if _sysv_objects(uids if not opts["wipe"] else set()):
+    if _ipc_of_job(opts, uids):
         return "SysV IPC objects survived removal"
-    for d in [queues, *wiped[1:]] if opts["wipe"] else []:
+    for d in [queues, *wiped]:
         if d and os.path.isdir(d) and os.listdir(d):
             return f"{d} is not empty after the wipe"
     if os.path.lexists(work):
@@ -471,7 +480,9 @@ def main():
             "solution_src": batch["solution_src"],
         }
         if batch.get("jail") and not jailed:
-            from_jail = enter_jail(batch["jail"])
+            jail = {"__name__": "vr_jail"}
+            exec(compile(batch["jail_src"], "<vr-jail>", "exec"), jail)
+            from_jail = jail["enter_jail"](batch["jail"])
             if from_jail:
                 out.write(json.dumps({"dirty": f"cannot build the jail: {from_jail}"}).encode())
                 out.write(b"\n")
@@ -497,74 +508,6 @@ def main():
         out.flush()
         if not serve:
             break
-
-
-def enter_jail(spec):
-    """Process backend, as root in fresh mount/pid/ipc namespaces: chroot into a tmpfs that
-    holds only read-only binds of the system directories (and the interpreter's prefix), a
-    fresh /proc of our pid namespace, a minimal /dev with its own /dev/shm and mqueue, and
-    /tmp. Host files (the scorer's input, the repository, other runners) are not there.
-    Returns None, or why it failed."""
-    import ctypes
-
-    libc = _libc()
-    ms_rdonly, ms_nosuid, ms_nodev, ms_noexec = 1, 2, 4, 8
-    ms_remount, ms_bind, ms_rec, ms_private = 32, 4096, 16384, 1 << 18
-
-    def mount(src, dst, fstype, flags, data=None):
-        enc = [None if x is None else x.encode() for x in (src, dst, fstype, data)]
-        if libc.mount(enc[0], enc[1], enc[2], ctypes.c_ulong(flags), enc[3]) != 0:
-            raise OSError(
-                ctypes.get_errno(), f"mount {src} on {dst}: {os.strerror(ctypes.get_errno())}"
-            )
-
-    root = spec["root"]
-    try:
-        mount(None, "/", None, ms_rec | ms_private)
-        mount("tmpfs", root, "tmpfs", ms_nosuid | ms_nodev, f"mode=0755,size={spec['tmp_mb']}m")
-        for d in spec["dirs"]:
-            if os.path.islink(d):
-                os.symlink(os.readlink(d), root + d)
-            elif os.path.isdir(d):
-                os.makedirs(root + d, exist_ok=True)
-                mount(d, root + d, None, ms_bind | ms_rec)
-                mount(None, root + d, None, ms_remount | ms_bind | ms_rdonly | ms_nosuid | ms_nodev)
-        os.makedirs(root + "/etc", exist_ok=True)
-        for f in spec["files"] + [
-            "/dev/null",
-            "/dev/zero",
-            "/dev/full",
-            "/dev/random",
-            "/dev/urandom",
-        ]:
-            if os.path.exists(f):
-                os.makedirs(os.path.dirname(root + f), exist_ok=True)
-                open(root + f, "a").close()
-                mount(f, root + f, None, ms_bind)
-                if f.startswith("/etc/"):
-                    mount(
-                        None,
-                        root + f,
-                        None,
-                        ms_remount | ms_bind | ms_rdonly | ms_nosuid | ms_nodev,
-                    )
-        for d, mode in (
-            ("/proc", 0o555),
-            ("/tmp", 0o1777),
-            ("/dev/shm", 0o1777),
-            ("/dev/mqueue", 0o1777),
-        ):
-            os.makedirs(root + d, exist_ok=True)
-            os.chmod(root + d, mode)
-        mount("proc", root + "/proc", "proc", ms_nosuid | ms_nodev | ms_noexec)
-        mount("tmpfs", root + "/dev/shm", "tmpfs", ms_nosuid | ms_nodev, "mode=1777,size=16m")
-        mount("mqueue", root + "/dev/mqueue", "mqueue", ms_nosuid | ms_nodev | ms_noexec)
-        os.symlink("/proc/self/fd", root + "/dev/fd")
-        os.chroot(root)
-        os.chdir("/")
-    except OSError as e:
-        return str(e)
-    return None
 
 
 if __name__ == "__main__":

@@ -77,10 +77,12 @@ from typing import Any, Literal
 
 _HERE = Path(__file__).parent
 RUNNER_SOURCE = (_HERE / "runner.py").read_text()
-# Shipped in every batch: the runner execs the first as the solution, forks the second.
+# Shipped in every batch: the runner execs the zygote/solution source, forks the harness, and
+# (process backend) builds the jail with the third.
 SOURCES = {
     "solution_src": (_HERE / "solution.py").read_text(),
     "harness_src": (_HERE / "harness.py").read_text(),
+    "jail_src": (_HERE / "jail.py").read_text(),
 }
 SandboxKind = Literal["docker", "process", "auto"]
 
