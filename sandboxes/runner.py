@@ -5,10 +5,11 @@ SETGID; process backend: root on the host inside fresh namespaces) as ``python3 
 <this source>``, it reads one JSON batch per line from stdin and runs its jobs one at a time;
 it runs no untrusted code itself. Per job:
 
-- the program runs as the sample uid in a freshly exec'd interpreter
-  (`verirl.sandboxes.solution` for function jobs, ``python3 -I -S /proc/self/fd/3`` for stdio
-  jobs) that receives only its program, its stdin and the call arguments. stdin, stdout and
-  stderr are memfds the runner created: it never opens a path the sample could have planted;
+- the program runs as the sample uid in a process forked from the zygote, an interpreter the
+  runner exec'd once that never receives a test, a nonce or another sample
+  (`verirl.sandboxes.solution`): the sample's memory holds its program, its stdin or call
+  arguments, and nothing else. stdin, stdout and stderr are memfds the runner created: it
+  never opens a path the sample could have planted;
 - a function job's test runs in the harness (`verirl.sandboxes.harness`), forked from the
   runner and dropped to the judge uid: the solution cannot signal, trace or read it;
 - afterwards every process of those uids is killed (the runner is their subreaper, or pid 1 of

@@ -11,9 +11,11 @@ SETGID), ``no-new-privileges``, the engine's seccomp profile. pid 1 (``sleep``) 
 persistent trusted runner (`verirl.sandboxes.runner`) run as the container's root, so the
 sample uid can neither signal nor ptrace them. For each sample the runner:
 
-- execs a fresh interpreter as the sample uid (never a fork of anything that held a test, a
-  nonce or another sample) that receives only its program, stdin and call arguments; its
-  stdin/stdout/stderr are memfds, so no path the sample could plant is ever opened by root;
+- runs the program as the sample uid in a child of the zygote, an interpreter the runner
+  exec'd once that never receives a test, a nonce or another sample: the sample's memory
+  holds only its program, stdin and call arguments (frame walks, ``gc`` and ``ctypes`` scans
+  find nothing else); its stdin/stdout/stderr are memfds, so root never opens a path the
+  sample could plant; it has no capability and ``no_new_privs``;
 - for function problems (HumanEval ``check(candidate)``), runs the trusted prelude and test in
   a harness forked from the runner and dropped to a second, judge uid: non-dumpable, no
   capabilities, unreachable by the sample's uid. The candidate is called over pipes; arguments
@@ -44,6 +46,8 @@ What it does NOT protect against
   has one (``verirl sandbox doctor`` says), but a kernel bug is out of scope.
 - Timing side channels, and CPU contention between concurrent containers.
 - A dataset's own test or prompt: they run as trusted code in the harness.
+- Samples forked from one zygote share its address-space layout (ASLR) and the initial state
+  of its preloaded modules (``random`` is reseeded per sample); they share nothing else.
 
 Process backend (no Docker; chosen automatically with a warning)
 ----------------------------------------------------------------

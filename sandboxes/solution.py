@@ -303,6 +303,9 @@ def become(uid, spec):
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
+    import ctypes  # (preloaded by the zygote and the runner)
+
+    ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: no setuid binary lifts it
 
 
 def zygote():

@@ -86,8 +86,16 @@ for pid in others:
 """
 
 
+# ... and nothing lifts the sample: no capability, no_new_privs (a setuid binary gives none).
+NO_WAY_UP = """
+st = dict(ln.split(":", 1) for ln in open("/proc/self/status") if ":" in ln)
+leak = st["NoNewPrivs"].strip() != "1" or int(st["CapEff"], 16) or int(st["CapPrm"], 16)
+"""
+
+
 def test_pid1_and_trusted_processes_cannot_be_signalled_or_traced(one_runner):
-    assert _verdicts(one_runner, {"pid1": probe(PID1)}) == {"pid1": "correct"}
+    got = _verdicts(one_runner, {"pid1": probe(PID1), "up": probe(NO_WAY_UP)})
+    assert got == {"pid1": "correct", "up": "correct"}
 
 
 # 2. The solution's memory holds its own program and arguments, nothing else.
