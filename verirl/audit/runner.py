@@ -5,10 +5,11 @@ shape of its rows): answer kinds get the universal candidates, perturbed golds a
 false-negative probe; ``format`` the broken-tag probes; ``unit-tests``/``io-tests`` the
 adversarial programs. The generic junk runs on every env.
 
-Everything is scored through the env's own ``score_batch``, the path training uses. A result
-with ``infra_error`` is re-scored alone, so one poison completion cannot hide the verdicts of
-the rest of its batch; what stays ``infra_error`` is reported (the audit could not judge it),
-and so is a completion that poisoned its batch.
+Everything is scored through the env's own ``score_batch``, the path training uses. Results
+with ``infra_error`` are re-scored apart (bisecting the failed group), so one poison completion
+cannot hide the verdicts of the rest of its batch; what stays ``infra_error`` is reported (the
+audit could not judge it), with how many batch mates it took down. A gold that timed out in a
+crowded batch gets one more try alone before it counts as a false negative.
 """
 
 from __future__ import annotations
