@@ -133,7 +133,9 @@ class ProcessSandbox(Sandbox):
     def _exec_as(
         self, jobs: Sequence[Job], uid: int | None, judge: int | None
     ) -> tuple[dict[int, RunResult], str]:
-        scratch = tempfile.mkdtemp(prefix="verirl-proc-")  # root's 0700: nobody else enters
+        scratch = tempfile.mkdtemp(prefix="verirl-proc-")
+        if not self.jailed:  # the sample uid must pass through to its own (0700) work dir
+            os.chmod(scratch, 0o711)
         batch = {
             "jobs": [j.wire() for j in jobs],
             # kill(-1) is safe only where the runner is alone in its pid namespace.

@@ -37,6 +37,8 @@ PRELOAD = (  # imported once, so each forked harness gets them for free
 ).split()
 # What the runner takes from the solution source: the wire format and the child setup.
 WIRE_NAMES = ("encode", "decode", "frame", "read_message", "NotPlain", "place_fds", "become")
+# World-writable host directories a sample could leave state in where it has no private ones.
+SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")
 SYSVIPC = {"shm": "shmid", "msg": "msqid", "sem": "semid"}
 
 
@@ -413,16 +415,37 @@ def _clean(opts, work):
         for name in os.listdir(d) if os.path.isdir(d) else []:
             _remove(os.path.join(d, name))
     _remove(work)
+    shared = [] if opts["wipe"] or not uids else SHARED_DIRS  # the host's: only ours go
+    for p in _owned_entries(shared, uids):
+        _remove(p)
     if _ipc_of_job(opts, uids):
         return "SysV IPC objects survived removal"
     for d in [queues, *wiped]:
         if d and os.path.isdir(d) and os.listdir(d):
             return f"{d} is not empty after the wipe"
+    if _owned_entries(shared, uids):
+        return "a file of the sample survived in a shared directory"
     if os.path.lexists(work):
         return "the work dir survived removal"
     if uids and _uid_pids(uids):
         return "a process of the sample survived"
     return None
+
+
+def _owned_entries(dirs, uids):
+    found = []
+    for d in dirs:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            try:
+                if os.lstat(os.path.join(d, name)).st_uid in uids:
+                    found.append(os.path.join(d, name))
+            except OSError:
+                pass
+    return found
 
 
 def _remove(path):

@@ -308,6 +308,24 @@ def test_fork_hog_in_one_sandbox_does_not_fail_another(kind, request):
     assert function_verdict(runs[1], jobs[1].nonce).status == "correct", runs[1]
 
 
+LEAVE_TMP = "import os\nopen('/tmp/vr-left-' + str(os.getuid()), 'w').write('3')\n" + OK
+FIND_TMP = "import os\nleak = any(n.startswith('vr-left-') for n in os.listdir('/tmp'))"
+
+
+def test_without_namespaces_samples_still_get_their_own_uids_and_leave_nothing():
+    """Root without ``unshare``: no jail, but own uids, and what they leave in the host's
+    world-writable directories is removed (by owner) before the next sample."""
+    from verirl.sandboxes.process import ProcessSandbox
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with ProcessSandbox(workers=1, batch_size=8, use_unshare=False) as sb:
+        assert sb.drops_uid and not sb.jailed
+        got = _verdicts(sb, {"leave": LEAVE_TMP, "find": probe(FIND_TMP), "pid1": probe(PID1)})
+    assert got == {"leave": "correct", "find": "correct", "pid1": "correct"}
+    assert not [n for n in os.listdir("/tmp") if n.startswith("vr-left-")]
+
+
 def test_jail_is_used_when_root():
     from verirl.sandboxes.process import ProcessSandbox
 
