@@ -53,16 +53,20 @@ Process backend (no Docker; chosen automatically with a warning)
 ----------------------------------------------------------------
 The same runner as a local subprocess, one per batch. Started as root (the tested case) it runs
 inside fresh network, pid, IPC, mount and UTS namespaces (``unshare``) and chroots into a
-tmpfs holding only read-only binds of the system directories and the interpreter, its own
-/proc, /tmp, /dev/shm and mqueue: the scorer's input file, the repository, host /tmp and
+tmpfs holding only read-only, nosuid binds of the system directories and the interpreter, its
+own /proc, /tmp, /dev/shm and mqueue: the scorer's input file, the repository, host /tmp and
 other runners are not there, and host processes are invisible. Each concurrent runner gets its
 own pair of uids (sample, judge) from 61000-61999, reserved with a lock file, so RLIMIT_NPROC
 and the kill-every-process-of-the-uid cleanup are per runner. Root never follows a path a
-sample can write. What it cannot stop: the system directories it binds are readable (as in
-any container image), there is no memory cgroup (RLIMIT_AS per process instead) and no CPU
-quota. Run by a non-root user, it uses a user namespace (caps dropped, one uid for everything):
-the sample can then signal the runner and harness (scored ``error``), and where ``unshare`` is
-missing it has the host network and filesystem. Use it where Docker cannot run.
+sample can write (outputs are memfds; work dirs come from mkdtemp in root's directory).
+What it cannot stop: the bound system directories are readable (as in any container image);
+there is no memory cgroup (RLIMIT_AS per process instead) and no CPU quota. As root without
+``unshare``: no jail, so world-readable host files are readable by the sample uid and it has
+the host network; its own uids still apply, and what they leave in /tmp, /var/tmp, /dev/shm
+and SysV IPC is removed by owner after each sample. Run by a non-root user: a user namespace
+(capabilities dropped, one uid for everything), so the sample can signal the runner and the
+harness (scored ``error``) and IPC it leaves on a shared namespace is not cleaned. Use it where
+Docker cannot run.
 """
 
 from __future__ import annotations
