@@ -14,7 +14,7 @@ CONSTRAINTS := .ci/constraints-cpu.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) 2>/dev/null | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint typecheck sandbox clean
+.PHONY: demo compare test install lint typecheck sandbox clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/verirl demo
+
+compare: install
+	$(VENV)/bin/verirl demo --compare
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -122,17 +122,19 @@ def test_dpo_metrics_by_hand():
 
 
 def test_loss_and_metrics_equal_trls_on_the_same_models_and_rows(tiny_model_dir, tmp_path):
-    """TRL's DPOTrainer and verirl on the same policy, reference and rows: loss (sigmoid and
-    IPO), TRL's four rewards/* metrics, and the policy gradient, to float32 precision."""
+    """TRL's DPOTrainer and verirl's DPO step (``dpo_update``, two micro-batches) on the same
+    policy, reference and rows: loss (sigmoid, IPO, sigmoid + α·SFT as TRL's loss_type
+    [sigmoid, sft]), TRL's four rewards/* metrics, and the policy gradient."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer
 
     from verirl.config import validate_config
-    from verirl.train.dpo import sequence_logps
+    from verirl.train.dpo import dpo_update
     from verirl.train.dpo_config import DpoConfig
-    from verirl.train.pairwise import load_pairs, pack_pairs
+    from verirl.train.model import Reference
+    from verirl.train.pairwise import load_pairs
 
     policy_dir = tmp_path / "policy"  # the tiny model moved off the reference
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -149,11 +151,12 @@ def test_loss_and_metrics_equal_trls_on_the_same_models_and_rows(tiny_model_dir,
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     beta = 0.3
     worst = 0.0
-    for loss_type in ("sigmoid", "ipo"):
+    for loss_type, sft_weight in (("sigmoid", 0.0), ("ipo", 0.0), ("sigmoid", 0.5)):
         trl_policy = AutoModelForCausalLM.from_pretrained(policy_dir)
+        types = [loss_type, "sft"] if sft_weight else [loss_type]
         args = TrlDPOConfig(output_dir=str(tmp_path / "trl"), report_to=[], beta=beta,
-                            loss_type=loss_type, per_device_train_batch_size=len(rows),
-                            use_cpu=True, bf16=False)  # fmt: skip
+                            loss_type=types, loss_weights=[1.0, sft_weight][: len(types)],
+                            per_device_train_batch_size=len(rows), use_cpu=True, bf16=False)  # fmt: skip
         trainer = DPOTrainer(model=trl_policy,
                              ref_model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                              args=args, train_dataset=Dataset.from_list(rows),
@@ -164,28 +167,22 @@ def test_loss_and_metrics_equal_trls_on_the_same_models_and_rows(tiny_model_dir,
         trl_loss.backward()
         trl_metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
 
+        algo = {"beta": beta, "loss_type": loss_type, "sft_weight": sft_weight}
         cfg = validate_config(DpoConfig, {"model": {"path": str(policy_dir)},
-                                          "data": {"path": str(data)},
-                                          "algo": {"beta": beta, "loss_type": loss_type}}, "t")  # fmt: skip
+                                          "data": {"path": str(data)}, "algo": algo}, "t")  # fmt: skip
         ours = AutoModelForCausalLM.from_pretrained(policy_dir)
-        ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        ref = Reference("frozen", AutoModelForCausalLM.from_pretrained(tiny_model_dir))
         pairs = load_pairs(cfg.data, "auto", tok, [tok.eos_token_id], 512)
-        batch = pack_pairs(pairs, tok.pad_token_id, "cpu")
-        logps, n = sequence_logps(ours, batch)
-        with torch.no_grad():
-            ref_logps, _ = sequence_logps(ref, batch)
-        chosen, rejected = (logps - ref_logps).chunk(2)
-        loss = preference_loss(loss_type, chosen, rejected, beta, 0.0, *n.chunk(2))
-        loss.backward()
-        metrics = dpo_metrics(chosen, rejected, beta)
+        metrics = dpo_update(ours, ref, pairs, cfg.algo, 4, tok.pad_token_id, "cpu")
 
-        diffs = [abs(loss.item() - trl_loss.item())]
-        diffs += [abs(metrics[k] - trl_metrics[k]) for k in metrics]
+        keys = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+        diffs = [abs(metrics["loss"] - trl_loss.item())]
+        diffs += [abs(metrics[k] - trl_metrics[k]) for k in keys]
         grads = dict(trl_policy.named_parameters())
         diffs += [(p.grad - grads[k].grad).abs().max().item() for k, p in ours.named_parameters()]
         worst = max(worst, *diffs)
-        assert max(diffs) < 1e-5, (loss_type, diffs[:5])
-        assert loss.item() > 0.1  # the compared numbers are not trivially 0
+        assert max(diffs) < 1e-5, (loss_type, sft_weight, diffs[:5])
+        assert metrics["loss"] > 0.1  # the compared numbers are not trivially 0
     print(f"max |verirl − TRL| over loss, rewards/* and gradients: {worst:.2e}")
 
 

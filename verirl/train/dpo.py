@@ -56,6 +56,7 @@ def dpo_update(
     """Backward of the mean preference loss over `pairs`, `micro` pairs per forward; returns
     the step's metrics (loss and TRL's rewards/*, logps/*). The caller steps the optimizer."""
     n = len(pairs)
+    chosen_tokens = sum(len(p.chosen) for p in pairs)  # the SFT term's token-mean denominator
     loss_total = 0.0
     parts: list[tuple[torch.Tensor, ...]] = []
     for s in range(0, n, micro):
@@ -69,8 +70,11 @@ def dpo_update(
         n_chosen, n_rejected = tokens.chunk(2)
         loss = preference_loss(algo.loss_type, chosen, rejected, algo.beta,
                                algo.label_smoothing, n_chosen, n_rejected)  # fmt: skip
-        (loss * len(chunk) / n).backward()  # the mean over all n pairs
-        loss_total += float(loss.detach()) * len(chunk) / n
+        loss = loss * len(chunk) / n  # the mean over all n pairs
+        if algo.sft_weight:  # α · token-mean NLL of every chosen token of the step
+            loss = loss - algo.sft_weight * logps.chunk(2)[0].sum() / chosen_tokens
+        loss.backward()
+        loss_total += float(loss.detach())
         parts.append((chosen.detach(), rejected.detach(), *logps.detach().chunk(2)))
     chosen, rejected, logp_c, logp_r = (torch.cat(x) for x in zip(*parts, strict=True))
     return {"loss": loss_total, **dpo_metrics(chosen, rejected, algo.beta),

@@ -55,6 +55,14 @@ class DpoAlgo(StrictModel):
         lt=0.5,
         description="sigmoid only: assumed probability that a pair's label is flipped (cDPO)",
     )
+    sft_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="weight α of an SFT term, the token-mean NLL of the chosen completions, "
+        "added to the loss (RPO: Pang et al. 2024, arXiv:2404.19733; TRL's loss_type "
+        "[sigmoid, sft] with loss_weights [1, α]); keeps DPO from lowering the chosen "
+        "answers' likelihood along with the rejected ones'",
+    )
     reference: Literal["frozen", "lora_disabled"] = Field(
         default="frozen",
         description="π_ref: a frozen copy of the starting model, or (with LoRA) the same model "
