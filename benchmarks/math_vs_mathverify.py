@@ -61,7 +61,11 @@ def run_verirl(cases: list[dict[str, Any]], workers: int, repeat: int) -> dict[s
 
 
 def run_mathverify(cases: list[dict[str, Any]], repeat: int) -> dict[str, Any]:
+    import logging
+
     from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # one line per timeout otherwise
 
     def one(c: dict[str, Any]) -> bool:
         gold = c["gold"] if "\\boxed" in c["gold"] else f"${c['gold']}$"
