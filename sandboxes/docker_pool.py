@@ -33,7 +33,13 @@ from verirl.sandboxes.sandbox import (
 
 OWNER_LABEL = "verirl.owner_pid"
 STARTUP_S = 20.0  # runner start (python + preloads) on a loaded machine
-WATCHDOG_MARGIN_S = 3.0  # beyond a job's own timeout, enforced by the runner itself
+# Beyond a job's own timeout (enforced by the runner itself): room for the cleanup after a
+# fork bomb on a loaded machine; only a wedged runner waits this long.
+WATCHDOG_MARGIN_S = 10.0
+# Samples' niceness inside the container: its CPU quota goes to the runner first, so a busy
+# sample cannot starve the cleanup. (Not on the process backend: there it would compete with
+# the whole host.)
+SAMPLE_NICE = 10
 ACQUIRE_S = 120.0  # longest wait for a free container before the batch is infra_error
 # What the root runner needs, and no more: work dirs for the sample uid (CHOWN), wiping what
 # a sample protected (DAC_OVERRIDE, FOWNER), killing its processes (KILL), becoming it (SET*ID).
@@ -267,6 +273,7 @@ class _Session:
             "wipe": True,
             "uid": self.uid,
             "judge_uid": self.uid + 1,
+            "nice": SAMPLE_NICE,
             **SOURCES,
         }
         got: dict[int, RunResult] = {}

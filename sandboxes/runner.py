@@ -159,7 +159,7 @@ def run_job(i, job, opts, ns):
     close_after = [out, err, null]
     env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8"}
     spec = {k: job.get(k) for k in ("mode", "memory_mb", "output_bytes", "timeout")}
-    spec.update(uid=opts["uid"], nproc=opts["nproc"], work=work, env=env)
+    spec.update(uid=opts["uid"], nproc=opts["nproc"], nice=opts["nice"], work=work, env=env)
     report_r = harness = None
     zygote = _zygote(opts, ns)  # started (or restarted) outside the job's wall time
     t0 = time.monotonic()
@@ -297,7 +297,10 @@ def _uid_pids(uids):
 def _kill_as(uid):
     """SIGKILL every process of `uid` at once: a helper that becomes `uid` and calls
     kill(-1), which the kernel applies to the whole task list (a fork bomb cannot outrun it)."""
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # the pids cap is full (a fork bomb): the caller does it another way
+        return False
     if pid == 0:
         try:
             os.setresuid(uid, uid, uid)
@@ -305,6 +308,7 @@ def _kill_as(uid):
         finally:
             os._exit(0)
     _reap(pid)
+    return True
 
 
 def _kill_leftovers(opts, groups):
@@ -320,7 +324,17 @@ def _kill_leftovers(opts, groups):
             pass
     for _ in range(200):
         for uid in uids if _uid_pids(uids) else ():
-            _kill_as(uid)
+            if _kill_as(uid):
+                continue
+            if opts["kill_all"] and zygote:  # we own the pid namespace: all but us, at once
+                os.kill(-1, signal.SIGKILL)
+                _reap(zygote)  # respawned for the next job
+                opts["zygote_pid"] = zygote = None
+            for p in _uid_pids(uids):  # else one by one, until fork works again
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
         if not uids:
             targets = [-g for g in groups] + [int(p) for p in _children() if int(p) != zygote]
             doomed = zygote if opts["kill_all"] else None
@@ -500,6 +514,7 @@ def main():
             "uid": batch.get("uid"),
             "judge_uid": batch.get("judge_uid"),
             "nproc": int(batch.get("nproc") or 0),
+            "nice": int(batch.get("nice") or 0),
             "report_cap": int(batch.get("report_cap", 1 << 20)),
             "solution_src": batch["solution_src"],
         }
