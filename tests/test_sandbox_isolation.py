@@ -332,3 +332,19 @@ def test_jail_is_used_when_root():
     if os.geteuid() != 0:
         pytest.skip("the jail and the uid pairs need root")
     assert ProcessSandbox().jailed
+
+
+BOMB = (
+    "import os\ndef add(a, b):\n    while True:\n        try:\n            os.fork()\n"
+    "        except OSError:\n            pass\n"
+)
+
+
+def test_a_fork_bomb_is_its_own_timeout_and_the_runner_survives(one_runner):
+    """The pids cap full, the runner still kills everything (without needing a fork), keeps
+    the CPU it needs (samples are niced in a container), and the next sample passes."""
+    jobs = [Job("function", c, ADD_TEST, "add", timeout=2.0) for c in (BOMB, OK, BOMB, OK)]
+    runs = one_runner.run(jobs)
+    got = [function_verdict(r, j.nonce).status for r, j in zip(runs, jobs, strict=True)]
+    assert got == ["timeout", "correct", "timeout", "correct"], got
+    assert not any(r.harness_killed for r in runs)
