@@ -27,6 +27,7 @@ from verirl.lean_model import (
     train_hidden_shared,
 )
 from verirl.train.config import ModelSection
+from verirl.train.distributed import unwrap
 
 
 def load_policy(cfg: ModelSection, device: str = "cpu") -> tuple[Any, Any]:
@@ -272,7 +273,8 @@ def forward_logprobs(
     state there or None): ``forward_logits`` then ``token_logprobs_and_entropy``, or, for large
     batches on the lean path, the two fused in blocks over positions."""
     tokens = batch.targets[:, start:]
-    big = tokens.numel() * model.config.vocab_size > HEAD_BLOCK_MIN_ELEMENTS
+    # DDP wraps the model: its config lives on .module.
+    big = tokens.numel() * unwrap(model).config.vocab_size > HEAD_BLOCK_MIN_ELEMENTS
     if big and _use_lean(model, batch, forward):
         h = _lean_hidden(model, batch, start)[:, :-1]
         head = model.lm_head
