@@ -181,19 +181,24 @@ MAJ_EXACT_SUBSETS = 5000
 MAJ_DRAWS = 2000
 
 
-def _vote(clusters: Sequence[int | None], credit: Sequence[float], subset: Sequence[int]) -> float:
-    """Credit of one k-subset's plurality answer: ties split the credit evenly (the expected
-    value of a random tie-break); samples without an answer abstain; no vote at all scores 0."""
-    votes: dict[int, int] = {}
-    for i in subset:
-        cid = clusters[i]
-        if cid is not None:
-            votes[cid] = votes.get(cid, 0) + 1
-    if not votes:
-        return 0.0
-    top = max(votes.values())
-    winners = [c for c, v in votes.items() if v == top]
-    return sum(credit[c] for c in winners) / len(winners)
+def _votes(
+    clusters: Sequence[int | None], credit: Sequence[float], subsets: np.ndarray
+) -> np.ndarray:
+    """Credit of each k-subset's plurality answer [S] for subsets [S, k] of sample indices: ties
+    split the credit evenly (the expected value of a random tie-break); samples without an answer
+    abstain; no vote at all scores 0. Vectorised: one bincount over all subsets."""
+    m = len(credit)
+    if m == 0:
+        return np.zeros(len(subsets))
+    ids = np.array([m if c is None else c for c in clusters], dtype=np.int64)  # m: abstains
+    s = len(subsets)
+    picked = ids[subsets] + (np.arange(s, dtype=np.int64) * (m + 1))[:, None]  # [S, k]
+    counts = np.bincount(picked.ravel(), minlength=s * (m + 1)).reshape(s, m + 1)[:, :m]
+    top = counts.max(axis=1, keepdims=True)  # [S, 1]
+    winners = (counts == top) & (top > 0)  # [S, m]
+    n_win = winners.sum(axis=1)
+    won = (winners * np.asarray(credit, dtype=np.float64)).sum(axis=1)
+    return np.where(n_win > 0, won / np.maximum(n_win, 1), 0.0)
 
 
 def maj_at_k(
@@ -221,11 +226,11 @@ def maj_at_k(
     n = len(clusters)
     _check(n, 0, k)
     if comb(n, k) <= MAJ_EXACT_SUBSETS:
-        subsets: Sequence[Sequence[int]] = list(combinations(range(n), k))
-    else:
+        subsets = np.array(list(combinations(range(n), k)), dtype=np.int64).reshape(-1, k)
+    else:  # k of n without replacement per draw: the first k of a random permutation
         rng = np.random.default_rng(seed)
-        subsets = [rng.choice(n, size=k, replace=False).tolist() for _ in range(MAJ_DRAWS)]
-    return float(np.mean([_vote(clusters, credit, s) for s in subsets]))
+        subsets = np.argsort(rng.random((MAJ_DRAWS, n)), axis=1)[:, :k]
+    return float(np.mean(_votes(clusters, credit, subsets)))
 
 
 def avg_at_n(n: Sequence[int] | np.ndarray, c: Sequence[int] | np.ndarray) -> float:
