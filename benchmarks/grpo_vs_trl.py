@@ -39,10 +39,11 @@ ENV: dict[str, Any] = {"name": "arithmetic", "options": {"train_size": 512}}
 
 def worked_answer(row: dict[str, Any], s: int) -> str:
     """The warm start's target for "a+b=" with answer s (right or a near miss):
-    "s. Check: s-b=a, so a+b=s.". The env's reward reads the leading integer; the rest makes
-    completions ~30 tokens long, like the benchmark's 32-token budget."""
+    "s" then "Check: s-b=a, so a+b=s." on the next line. The env's reward reads the first
+    line (the answer alone); the rest makes completions ~30 tokens long, like the benchmark's
+    32-token budget."""
     a, b = row["question"].split("+")
-    return f"{s}. Check: {s}-{b}={a}, so {a}+{b}={s}."
+    return f"{s}\nCheck: {s}-{b}={a}, so {a}+{b}={s}."
 
 
 def warm_start(model_dir: Path, out: Path, steps: int, threads: int) -> Path:
