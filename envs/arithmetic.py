@@ -23,6 +23,7 @@ _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * 
 # "36-1" and "36 or 3" for 36 (a hedge and two wrong answers). Later lines are free.
 _FIRST_LINE_INT = re.compile(r"[ \t]*(-?\d+)[ \t]*(?:\r?\n|$)")
 _LEADING_INT = re.compile(r"\s*-?\d")
+_INTEGER = re.compile(r"(-?)(\d+)")
 
 
 @register_env
@@ -107,10 +108,32 @@ class ArithmeticEnv(Environment):
                 first = completion.strip().split("\n", 1)[0][:40]
                 return RewardResult(0.0, "incorrect", detail=f"not an integer alone: {first!r}")
             return RewardResult(0.0, "format_error", detail="no leading integer")
-        got = int(m.group(1))
-        if got == int(row["answer"]):
-            return RewardResult(1.0, "correct", detail=f"{got}")
-        return RewardResult(0.0, "incorrect", detail=f"got {got}, want {row['answer']}")
+        got, want = _canonical(m.group(1)), _canonical(str(row["answer"]).strip())
+        if got == want:
+            return RewardResult(1.0, "correct", detail=got)
+        return RewardResult(0.0, "incorrect", detail=f"got {_short(got)}, want {row['answer']}")
+
+
+def _canonical(integer: str) -> str:
+    """An integer's canonical decimal text ("-007" -> "-7", "-0" -> "0"), by string operations.
+
+    Not ``int()``: a completion of 10^5 digits is over Python's 4300-digit conversion limit, and
+    its own length makes it a wrong answer, never a crashed scorer. Equal integers have equal
+    canonical texts, so comparing these is comparing the values.
+
+    >>> _canonical("-007"), _canonical("-0"), _canonical("9" * 5000) == "9" * 5000
+    ('-7', '0', True)
+    """
+    m = _INTEGER.fullmatch(integer)
+    if m is None:
+        raise ValueError(f"not an integer: {_short(integer)!r}")
+    sign, digits = m.groups()
+    digits = digits.lstrip("0") or "0"
+    return digits if digits == "0" else sign + digits
+
+
+def _short(s: str, n: int = 40) -> str:
+    return s if len(s) <= n else f"{s[:n]}... ({len(s)} characters)"
 
 
 def _evaluate(nums: list[int], ops: list[str]) -> int:

@@ -96,3 +96,16 @@ def test_arithmetic_reads_the_whole_answer(completion):
     assert env.score(completion, {"answer": "36"}).reward == 0.0
     assert env.score("36", {"answer": "36"}).reward == 1.0
     assert env.score("36\n12+3=15", {"answer": "36"}).reward == 1.0
+
+
+def test_arithmetic_judges_a_huge_completion_instead_of_crashing():
+    # 10^5 digits is over Python's 4300-digit int() limit: the scorer compares digit strings
+    env = ArithmeticEnv()
+    huge = "9" * 100_000
+    res = env.score(huge, {"answer": "36"})
+    assert (res.reward, res.status) == (0.0, "incorrect") and "100000 characters" in res.detail
+    assert env.score(huge, {"answer": huge}).reward == 1.0
+    assert env.score("0036", {"answer": "36"}).reward == 1.0
+    assert env.score("-0", {"answer": "0"}).reward == 1.0
+    assert env.score("-36", {"answer": "36"}).reward == 0.0
+
