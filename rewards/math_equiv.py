@@ -25,7 +25,7 @@ from typing import Any
 from verirl.rewards.math_normalize import (
     MATH_WORDS,
     as_interval,
-    choice_letter,
+    choice,
     juxtaposed,
     normalize,
 )
@@ -98,6 +98,26 @@ def _word(s: str) -> str | None:
     return None
 
 
+def same_choice(pred: tuple[str, str], gold: tuple[str, str]) -> bool:
+    """Does the predicted (letter, text) name exactly the gold's choice?
+
+    The letter must agree, and any text after it must be the gold's own text for that choice:
+    text the gold does not state cannot be verified, and a letter followed by another value
+    (``(B) 3``, ``(B)-1``, ``(B) \\pm 1``) states two answers at once, so it scores 0.
+
+    >>> same_choice(("B", ""), ("B", "42")), same_choice(("B", "42"), ("B", "42"))
+    (True, True)
+    >>> same_choice(("B", "3"), ("B", "")), same_choice(("B", "43"), ("B", "42"))
+    (False, False)
+    """
+    (p_letter, p_text), (g_letter, g_text) = pred, gold
+    if p_letter != g_letter:
+        return False
+    if not p_text:
+        return True
+    return bool(g_text) and fast_equiv(p_text, g_text) is True
+
+
 def fast_equiv(pred: str, gold: str) -> bool | None:
     """Decide without sympy when both answers are plain; ``None`` means "ask sympy".
 
@@ -108,11 +128,11 @@ def fast_equiv(pred: str, gold: str) -> bool | None:
     >>> fast_equiv(r"\\sqrt{2}", "1.414") is None
     True
     """
-    gold_letter = choice_letter(gold)
-    if gold_letter is not None:  # "(B)", "B", "B. 42": the gold is a choice
-        pred_letter = choice_letter(pred)
-        if pred_letter is not None:
-            return pred_letter == gold_letter
+    gold_choice = choice(gold)
+    if gold_choice is not None:  # "(B)", "B", "B. 42": the gold is a choice
+        pred_choice = choice(pred)
+        if pred_choice is not None:
+            return same_choice(pred_choice, gold_choice)
     p, g = normalize(pred), normalize(gold)
     if p and p == g:
         return True

@@ -22,7 +22,8 @@ Precedence: the first rule that finds an answer wins.
    nothing is extracted (``\\frac{1}{3}`` gives no answer, never ``3``).
 
 Hedges score as wrong, not as the better of two guesses (a reward that accepts "3 or 5" teaches
-the model to list candidates): an answer containing " or ", or rule 3's hedge, is ``hedged``.
+the model to list candidates): an answer containing " or " (whichever rule found it), or rule 3's
+hedge, is ``hedged``; `is_hedge` is that one check, shared with the envs that score by other rules.
 
 Every scan here is linear in the text (no backtracking regexes over unbounded input), so the
 extraction runs in the caller's process; only the sympy comparison needs a worker with a
@@ -159,7 +160,7 @@ def final_boxes(text: str) -> tuple[str, bool] | None:
     distinct = list(dict.fromkeys(values))
     last = values[-1]
     if len(distinct) == 1:
-        return last, bool(_HEDGE.search(f" {last} "))
+        return last, is_hedge(last)
     joins = [text[a[1] : b[0]] for a, b in itertools.pairwise(kept)]
     if all(_LIST_JOIN.fullmatch(j) for j in joins):
         return ", ".join(distinct), False
@@ -291,7 +292,7 @@ def _extract_plain(text: str, fallback: bool, in_tag: bool = False) -> Extractio
             if found is not None and found.source != "math_span":
                 return Extraction(found.answer, "answer_tag", found.hedged)
             ans = _clean(inner)
-            return Extraction(ans, "answer_tag", bool(_HEDGE.search(f" {ans} "))) if ans else None
+            return Extraction(ans, "answer_tag") if ans else None
     boxed = final_boxes(text)
     if boxed is not None:
         return Extraction(boxed[0], "boxed", boxed[1])
@@ -307,7 +308,7 @@ def _extract_plain(text: str, fallback: bool, in_tag: bool = False) -> Extractio
         if hit is not None and (best is None or hit[0] > best[0]):
             best = (hit[0], hit[1], source)
     if best is not None:
-        return Extraction(best[1], best[2], bool(_HEDGE.search(f" {best[1]} ")))
+        return Extraction(best[1], best[2])
     gsm = list(_GSM8K.finditer(text))
     if gsm:
         return Extraction(_clean(gsm[-1].group(1)), "gsm8k")
@@ -315,7 +316,7 @@ def _extract_plain(text: str, fallback: bool, in_tag: bool = False) -> Extractio
         return None
     span = _last_math_span(text)
     if span:
-        return Extraction(span, "math_span", bool(_HEDGE.search(f" {span} ")))
+        return Extraction(span, "math_span")
     if fallback:
         num = _last_number(text)
         if num is not None:
@@ -330,8 +331,8 @@ def extract_answer(completion: str, last_number_fallback: bool = True) -> Extrac
     '5'
     >>> extract_answer("Natalia sold 48 + 24 = 72 clips.\\n#### 72").answer
     '72'
-    >>> extract_answer(r"It is \\boxed{3} or \\boxed{5}.").hedged
-    True
+    >>> extract_answer(r"It is \\boxed{3} or \\boxed{5}.").hedged, extract_answer("#### 3 or 5").hedged
+    (True, True)
     >>> extract_answer("**Final Answer:** The largest $n$ is 34.").answer
     '34'
     >>> extract_answer(r"so it is \\frac{1}{3}").source
@@ -348,6 +349,16 @@ def extract_answer(completion: str, last_number_fallback: bool = True) -> Extrac
         found = _extract_plain(text, last_number_fallback)
     if found is None or not found.answer:
         return Extraction(None, "none")
-    if len(found.answer) > _MAX_ANSWER:
-        return Extraction(found.answer[:_MAX_ANSWER], found.source, found.hedged)
-    return found
+    # One hedge check for every rule: a rule that skipped it (GSM8K's "#### 3 or 5" did) let a
+    # listed alternative through.
+    hedged = found.hedged or is_hedge(found.answer)
+    return Extraction(found.answer[:_MAX_ANSWER], found.source, hedged)
+
+
+def is_hedge(answer: str) -> bool:
+    """Does an extracted answer offer alternatives ("3 or 5", "3 \\text{ or } 5")?
+
+    >>> is_hedge("3 or 5"), is_hedge(r"(B) \\text{ or } 3"), is_hedge("order 5")
+    (True, True, False)
+    """
+    return bool(_HEDGE.search(f" {answer} "))

@@ -241,11 +241,11 @@ def _strip_units(s: str) -> str:
     return s
 
 
-def choice_letter(ans: str) -> str | None:
-    """The multiple-choice letter an answer names, if it is one.
+def choice(ans: str) -> tuple[str, str] | None:
+    """(letter, the text after it) of a multiple-choice answer, if the answer is one.
 
-    >>> choice_letter(r"\\text{(B)}"), choice_letter("(c) 42"), choice_letter("(A)(B)")
-    ('B', 'C', None)
+    >>> choice(r"\\text{(B)}"), choice("(c) 42"), choice("(B)-1"), choice("(A)(B)")
+    (('B', ''), ('C', '42'), ('B', '-1'), None)
     """
     s = _TEXT_CMD.sub(r"\1", ans.strip()).strip().strip("$").strip()
     m = _CHOICE.match(s)
@@ -259,4 +259,4 @@ def choice_letter(ans: str) -> str | None:
         return None  # a bare "c" is as likely the constant c as choice (C): prefer 0
     if _CHOICE_AGAIN.search(rest):  # "(A)(B)(C)" is a hedge over choices, not a choice
         return None
-    return m.group(1).upper()
+    return m.group(1).upper(), rest

@@ -308,9 +308,7 @@ def _open_finding(reason: str) -> pytest.MarkDecorator:
     ("name", "rows"),
     [
         ("arithmetic", 50),
-        pytest.param("math", 50, marks=_open_finding(
-            "choice-letter gold (B): '#### (B) or 3', '\\boxed{(B)-1}', '(B) 3', '(B) \\pm 1' "
-            "score 1")),
+        ("math", 50),
         ("math+format", 6), ("math500", 4), ("gsm8k", 4),
         pytest.param("reasoning_gym", 50, marks=_open_finding(
             "hedges and perturbed golds reach reasoning-gym's substring partial credit: "

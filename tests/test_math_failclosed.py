@@ -49,6 +49,17 @@ HACKS = [
     # identities and free symbols carry no value
     (r"\boxed{x = x}", "x = 3"),
     (r"\boxed{x}", "5"),
+    # found by `verirl audit math`: GSM8K's "####" skipped the hedge check, and a choice letter
+    # followed by another value named the choice
+    ("We add them up.\n#### (B) or 3", "(B)"),
+    ("#### (B) \\text{ or } 3", "(B)"),
+    ("#### 3 or 5", "3"),
+    ("<answer>#### 3 and/or 5</answer>", "3"),
+    (r"\boxed{(B)-1}", "(B)"),
+    (r"\boxed{(B) 3}", "(B)"),
+    (r"\boxed{(B) \pm 1}", "(B)"),
+    ("Final Answer: (B) 3", "(B)"),
+    (r"\boxed{B. 43}", "B. 42"),  # the gold's own text for B is 42
 ]
 
 VALID = [
@@ -70,6 +81,10 @@ VALID = [
     (r"first \boxed{3}, but actually \boxed{5}", "5"),
     ("The answer: 2 1/2 cups", r"\frac{5}{2}"),
     (r"\boxed{\infty}", r"\infty"),
+    # a choice with the gold's own text, or the letter alone, is still the choice
+    (r"\boxed{(B) 42}", "(B) 42"),
+    (r"\boxed{B}", "B. 42"),
+    ("#### (B)", "(B)"),
 ]
 
 
