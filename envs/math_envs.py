@@ -17,6 +17,7 @@ from verirl.envs.base import Environment, Prompt, Row
 from verirl.envs.registry import register_env
 from verirl.rewards.combine import combine
 from verirl.rewards.format import format_reward
+from verirl.rewards.math_extract import extract_answer
 from verirl.rewards.math_pool import CheckerPool
 from verirl.rewards.math_reward import math_reward
 from verirl.rewards.result import RewardResult
@@ -204,8 +205,12 @@ class ReasoningGymEnv(Environment):
     """Any reasoning-gym task (Random(seed + idx) per item, so rows are reproducible) as an env.
 
     The answer is extracted like the math env's (``<answer>``, ``\\boxed{}``, "the answer
-    is", last number) and scored by the task's own ``score_answer`` (which may give partial
-    credit). Splits are disjoint by seed: test uses ``seed + 1_000_003``.
+    is", last number) and judged by the task's own ``score_answer``. The reward is binary: 1.0
+    only when the task gives full credit. Many tasks give partial credit for an answer that
+    *contains* the gold (``36 or 3`` 0.71, ``36.5`` 0.86, ``[3, 36, 7]`` 0.6 for 36), which a
+    policy learns to exploit by padding and hedging; that credit is reported in the detail and
+    scores 0. A hedged answer ("3 or 5", by the math reward's own check) scores 0 before the
+    task sees it. Splits are disjoint by seed: test uses ``seed + 1_000_003``.
     """
 
     name = "reasoning_gym"
@@ -258,15 +263,24 @@ class ReasoningGymEnv(Environment):
         return text if self.prompt_style == "text" else [{"role": "user", "content": text}]
 
     def score(self, completion: str, row: Row) -> RewardResult:
-        from verirl.rewards.math_extract import extract_answer
-
+        """1.0 when the task's scorer gives the extracted, unhedged answer full credit, else 0."""
         found = extract_answer(completion)
         if found.answer is None:
             return RewardResult(0.0, "format_error", {"correct": 0.0}, "no final answer found")
+        said = f"{found.source}: {_short(found.answer)}"
+        if found.hedged:
+            return RewardResult(0.0, "incorrect", {"correct": 0.0}, f"hedged answer: {said}")
         if "split" in row and "index" in row:
             entry = self._dataset(row["split"])[int(row["index"])]
         else:  # rows from a file: the task scorer still needs an entry
             entry = {"question": row.get("question", ""), "answer": row["answer"], "metadata": {}}
-        score = float(self._dataset("train").score_answer(answer=found.answer, entry=entry))
-        status = "correct" if score >= 1.0 else "incorrect"
-        return RewardResult(score, status, {"correct": score}, f"{found.source}: {found.answer}")
+        credit = float(self._dataset("train").score_answer(answer=found.answer, entry=entry))
+        if credit >= 1.0:
+            return RewardResult(1.0, "correct", {"correct": 1.0}, said)
+        return RewardResult(
+            0.0, "incorrect", {"correct": 0.0}, f"{said} (task credit {credit:.3g})"
+        )
+
+
+def _short(s: str, n: int = 60) -> str:
+    return s if len(s) <= n else s[: n - 3] + "..."

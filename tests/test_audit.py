@@ -298,22 +298,11 @@ def _builtin_env(name: str, tmp: Path) -> Environment:
     return make_env(name)
 
 
-def _open_finding(reason: str) -> pytest.MarkDecorator:
-    """A finding of the audit in a built-in env, not yet fixed (issue 12's scope). Strict: the
-    day the env is fixed this XPASSes and fails, and the mark must go."""
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 @pytest.mark.parametrize(
     ("name", "rows"),
     [
-        ("arithmetic", 50),
-        ("math", 50),
-        ("math+format", 6), ("math500", 4), ("gsm8k", 4),
-        pytest.param("reasoning_gym", 50, marks=_open_finding(
-            "hedges and perturbed golds reach reasoning-gym's substring partial credit: "
-            "'36 or 3' scores 0.7, '36.5' 0.86")),
-        ("code", 1), ("stdio", 2), ("humaneval", 2),
+        ("arithmetic", 50), ("math", 50), ("math+format", 6), ("math500", 4), ("gsm8k", 4),
+        ("reasoning_gym", 50), ("code", 1), ("stdio", 2), ("humaneval", 2),
     ],
 )  # fmt: skip
 def test_builtin_env_passes_its_audit(name: str, rows: int, tmp_path: Path, request: Any) -> None:

@@ -8,6 +8,7 @@ prefers 0 and says why.
 from __future__ import annotations
 
 import pytest
+from verirl.envs import make_env
 from verirl.envs.arithmetic import ArithmeticEnv
 from verirl.rewards.math_pool import CheckerPool
 from verirl.rewards.math_reward import math_reward_batch
@@ -124,3 +125,31 @@ def test_arithmetic_judges_a_huge_completion_instead_of_crashing():
     assert env.score("-0", {"answer": "0"}).reward == 1.0
     assert env.score("-36", {"answer": "36"}).reward == 0.0
 
+
+@pytest.fixture(scope="module")
+def gym():
+    with make_env("reasoning_gym", task="basic_arithmetic", train_size=3, test_size=1) as env:
+        yield env
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{g} or 3", "3 or {g}", r"{g} \text{{ or }} 3", "{g}.5", "{g}0", "[3, {g}, 7]", "{g}-1",
+     "{g} 3"],
+)  # fmt: skip
+def test_reasoning_gym_gives_no_partial_credit(gym, template):
+    # reasoning-gym's default score_answer credits len(gold)/len(answer) when the answer
+    # contains the gold: each of these scored between 0.5 and 0.93
+    row = gym.rows("train")[0]
+    res = gym.score(f"<answer>{template.format(g=row['answer'])}</answer>", row)
+    assert (res.reward, res.status, res.components) == (0.0, "incorrect", {"correct": 0.0}), res
+    full = gym.score(f"<answer>{row['answer']}</answer>", row)
+    assert (full.reward, full.status) == (1.0, "correct")
+
+
+def test_reasoning_gym_reports_the_task_credit_and_the_hedge(gym):
+    row = gym.rows("train")[0]
+    credit = len(row["answer"]) / (len(row["answer"]) + 1)  # the task's substring credit
+    detail = gym.score(f"<answer>{row['answer']}0</answer>", row).detail
+    assert detail.endswith(f"(task credit {credit:.3g})"), detail
+    assert gym.score(f"#### {row['answer']} or 3", row).detail.startswith("hedged answer")
