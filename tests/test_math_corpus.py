@@ -2,8 +2,9 @@
 source grader's test suite), with agreement reported per source.
 
 The floor is what this checker reaches today; the rows where it disagrees are listed (and
-explained in the corpus README): SkyRL's strict scorer labels 0.5 wrong for 1/2, and
-hendrycks/math's string comparison calls a reordered list of solutions different.
+explained in the corpus README): SkyRL's strict scorer labels 0.5 wrong for 1/2,
+hendrycks/math's string comparison calls a reordered list of solutions different, and NeMo-Skills
+accepts ``C. x = 42`` for a bare ``C`` (text a bare-letter gold cannot vouch for).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ DELIBERATE = {
     ("skyrl", r"Answer: \boxed{0.5}"),  # 0.5 = 1/2; SkyRL's AIME scorer is a string match
     ("hendrycks_math", r"\boxed{10, 4, -2 }"),  # a list of solutions has no order
     ("hendrycks_math", r"\boxed{0.1, 4, 2 }"),
+    # a bare-letter gold cannot vouch for text after the letter ("(B) 3" states two answers)
+    ("nemo_skills", r"\boxed{C. x = 42 }"),
 }
 
 
@@ -62,7 +65,7 @@ def test_agreement_per_source(scored, capsys):
         total = sum(a for _, a in per.values()) / len(rows)
         print(f"\n  corpus overall {total:.3f} ({len(rows)} rows)")
     assert set(wrong) == DELIBERATE, set(wrong) ^ DELIBERATE
-    assert total >= 0.98
+    assert total >= 0.975  # 171/175: the four deliberate rows above
     assert all(agree / n >= 0.8 for n, agree in per.values())
 
 
