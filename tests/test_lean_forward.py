@@ -106,7 +106,7 @@ def test_logits_from_the_first_completion_column(tiny_model_dir, monkeypatch, pa
 
 
 def test_resolve_forward_takes_the_lean_path_only_on_cpu_outside_torchrun(tiny_model_dir):
-    """model.forward=auto: lean for a plain fp32/bf16 model on CPU; the model's own forward
+    """model.forward=auto: lean for a plain fp32 model on CPU (bf16 measured slower); the model's own forward
     under torchrun (DDP's π_θ must be the wrapped forward, so π_old/π_ref are too), for
     LoRA models, fp16, and other devices (meta stands in for CUDA here)."""
     from peft import LoraConfig, get_peft_model
@@ -116,7 +116,8 @@ def test_resolve_forward_takes_the_lean_path_only_on_cpu_outside_torchrun(tiny_m
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert resolve_forward("auto", model) == resolve_forward("lean", model) == "lean"
-    assert resolve_forward("auto", model.bfloat16()) == "lean"
+    assert resolve_forward("auto", model.bfloat16()) == "transformers"
+    assert resolve_forward("lean", model.bfloat16()) == "lean"  # still there when asked
     assert resolve_forward("auto", model, distributed=True) == "transformers"
     assert resolve_forward("transformers", model) == "transformers"
     with pytest.raises(ConfigError, match="torchrun"):
