@@ -65,6 +65,19 @@ def save_checkpoint(
     return final
 
 
+def save_final(run_dir: Path, model: Any, tokenizer: Any) -> Path:
+    """The trained model (or adapter) and tokenizer as ``<run>/final``, written under a temporary
+    name and renamed into place like a checkpoint, so ``final`` is never half written."""
+    final = run_dir / "final"
+    tmp = run_dir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     root = run_dir / "checkpoints"
     if not root.is_dir():

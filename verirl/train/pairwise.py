@@ -9,7 +9,6 @@ pairs the unbroken one would have.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -231,10 +230,7 @@ def train_pairs(
     finally:
         progress.close()
         log.close()
-    final = run_dir / "final"
-    shutil.rmtree(final, ignore_errors=True)
-    model.save_pretrained(str(final))
-    tok.save_pretrained(str(final))
+    ckpt.save_final(run_dir, model, tok)
     plot_curves(run_dir, curves, f"{run_dir.name}_curves", run_dir.name)
     return run_dir
 

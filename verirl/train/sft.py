@@ -8,7 +8,6 @@ or from a JSONL file with prompt/completion columns. Used for warm starts and th
 from __future__ import annotations
 
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -117,9 +116,6 @@ def sft(cfg: SftConfig, overwrite: bool = False, unique: bool = False) -> Path:
     finally:
         progress.close()
         log.close()
-    final = run_dir / "final"
-    shutil.rmtree(final, ignore_errors=True)
-    model.save_pretrained(str(final))
-    tok.save_pretrained(str(final))
+    ckpt.save_final(run_dir, model, tok)
     plot_curves(run_dir, SFT_CURVES, f"{run_dir.name}_curves", run_dir.name)
     return run_dir
