@@ -17,7 +17,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from verirl.config import StrictModel, deep_merge, parse_overrides, read_yaml, validate_config
+from verirl.config import (
+    StrictModel,
+    deep_merge,
+    parse_overrides,
+    read_yaml,
+    resolve_paths,
+    validate_config,
+)
 from verirl.errors import ConfigError
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
@@ -168,7 +175,15 @@ def resolve_suite_path(suite: str | Path) -> Path:
 def load_suite(suite: str | Path, overrides: list[str] | None = None) -> SuiteConfig:
     """Read a suite by name or path, apply ``key=value`` overrides, validate."""
     path = resolve_suite_path(suite)
-    data = deep_merge(read_yaml(path), parse_overrides(overrides or []))
+    data = read_yaml(path)
+    if isinstance(data.get("envs"), list):  # relative paths in the file: against its folder
+        base = path.resolve().parent
+        data["envs"] = [
+            resolve_paths({"env": e}, ("env.name", "env.options.*"), base)["env"]
+            if isinstance(e, dict) else e
+            for e in data["envs"]
+        ]  # fmt: skip
+    data = deep_merge(data, parse_overrides(overrides or []))
     data.setdefault("name", path.stem)
     config = validate_config(SuiteConfig, data, str(path))
     if config.vllm:  # fail at load, naming the key, not minutes later when the engine starts

@@ -211,6 +211,24 @@ def test_builtin_suites_validate():
         assert max(suite.ks) <= suite.n
 
 
+def test_relative_paths_in_a_suite_file_resolve_against_its_folder(tmp_path, monkeypatch):
+    """A copied suite keeps working from any directory: `data` and an env named by file resolve
+    against the suite file's folder; overrides on the command line stay cwd-relative."""
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "suites" / "my.yaml").write_text(
+        "envs:\n  - name: my_envs.py:Echo\n    options: {data: rows.jsonl, task: keep}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    suite = load_suite(tmp_path / "suites" / "my.yaml")
+    env = suite.envs[0]
+    assert env.name == f"{tmp_path / 'suites' / 'my_envs.py'}:Echo"
+    assert env.options == {"data": str(tmp_path / "suites" / "rows.jsonl"), "task": "keep"}
+    over = load_suite(
+        tmp_path / "suites" / "my.yaml", ["envs=[{name: arithmetic, options: {data: x.jsonl}}]"]
+    )
+    assert over.envs[0].options["data"] == "x.jsonl"  # as typed: the user's cwd
+
+
 def test_chat_prompts_use_the_template_when_there_is_one(tiny_model_dir):
     from transformers import AutoTokenizer
 
