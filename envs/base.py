@@ -11,11 +11,14 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from verirl.rewards.result import RewardResult
 
 from verirl.errors import DataError
+
+if TYPE_CHECKING:
+    from verirl.envs.multiturn import Episode, Turn
 
 Row = dict[str, Any]
 Prompt = str | list[dict[str, str]]  # plain text, or chat messages [{"role", "content"}]
@@ -34,6 +37,10 @@ class Environment(ABC):
     reward_kinds: ClassVar[tuple[str, ...]] = ()
     fields: ClassVar[tuple[str, ...]] = ()
     example_row: ClassVar[Row] = {}
+    # ---- turns (``verirl.envs.multiturn``): a single-turn env is the one-turn case ----------
+    max_turns: ClassVar[int] = 1  # model turns per episode (``rollout.max_turns`` may lower it)
+    turn_stop: ClassVar[tuple[str, ...]] = ()  # stop strings that end a model turn (``</python>``)
+    protocol: ClassVar[str] = "single turn: one prompt, one completion, one score"
 
     # ---- data -------------------------------------------------------------------------------
     @abstractmethod
@@ -71,6 +78,28 @@ class Environment(ABC):
             return self.score(completion, row)
         except Exception as e:  # the boundary: report, never swallow into 0
             return RewardResult.infra(f"{self.name}: scorer crashed: {type(e).__name__}: {e}")
+
+    # ---- turns --------------------------------------------------------------------------------
+    @property
+    def multi_turn(self) -> bool:
+        return self.max_turns > 1
+
+    def start(self, row: Row) -> dict[str, Any]:
+        """The environment's scratch state for a new episode of `row` (``Episode.state``)."""
+        return {}
+
+    def respond(self, episode: Episode, text: str) -> Turn:
+        """The answer to the model's latest turn `text` (already in ``episode.messages``):
+        messages to append, or done. One-turn envs end at once."""
+        from verirl.envs.multiturn import Turn
+
+        return Turn(done=True)
+
+    def score_episode(self, episode: Episode) -> RewardResult:
+        """The verdict on a finished trajectory. By default ``score`` of the final model turn
+        (the final submission); truncated episodes are scored the same way unless an env says
+        otherwise. May raise: the driver turns a crash into ``infra_error``."""
+        return self.score(episode.final_text, episode.row)
 
     # ---- helpers ------------------------------------------------------------------------------
     def validate_rows(self, rows: Sequence[Row], source: str, extra: Sequence[str] = ()) -> None:

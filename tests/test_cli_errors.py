@@ -139,7 +139,7 @@ def test_prompts_longer_than_the_context_are_skipped_with_a_count(capsys):
 
     from verirl.envs import make_env
 
-    from verirl.train.loop import fits_context
+    from verirl.train.run import fits_context
 
     env = make_env("arithmetic", train_size=5, test_size=5)
     tok = build_tokenizer()

@@ -128,7 +128,7 @@ def curate(args: argparse.Namespace) -> dict[str, Any]:
     from verirl.evals.models import load_model
     from verirl.jsonl import write_jsonl
     from verirl.rollout import SamplingParams, make_engine
-    from verirl.train.loop import load_env
+    from verirl.train.run import load_env
 
     out = Path(args.out)
     rounds = args.rounds

@@ -36,6 +36,9 @@ class Completion:
     logprobs: list[float]  # log softmax(z / T)[token] of each token (``logprob_temperature``)
     finish_reason: str = "length"  # "stop" (an end token or stop string) or "length"
     extra: dict[str, Any] = field(default_factory=dict)
+    # Multi-turn trajectories: 1 at the model's own tokens, 0 at the environment's (tool
+    # output, feedback) appended between turns; their logprobs are 0.0. None: all the model's.
+    mask: list[int] | None = None
 
 
 def logprob_temperature(temperature: float) -> float:
@@ -78,6 +81,13 @@ class RolloutEngine(ABC):
         self, prompts: list[str], n: int, sampling: SamplingParams
     ) -> list[list[Completion]]:
         """For each prompt (already chat-templated text), ``n`` completions: result[i][j]."""
+
+    def generate_ids(
+        self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams
+    ) -> list[list[Completion]]:
+        """As ``generate``, from token ids (a multi-turn trajectory so far): the engine never
+        re-tokenises them, so the next turn continues from exactly the tokens sampled."""
+        raise NotImplementedError(f"{type(self).__name__} cannot continue from token ids")
 
     @abstractmethod
     def update_weights(self, model: Any) -> float:

@@ -24,9 +24,9 @@ from verirl.rollout.base import end_token_ids
 from verirl.train import checkpoint as ckpt
 from verirl.train.config import check_device
 from verirl.train.dpo_config import DpoAlgo, DpoConfig
-from verirl.train.loop import make_run_dir
 from verirl.train.model import Batch, Reference, forward_logits, load_policy, resolve_forward
 from verirl.train.pairwise import Pair, load_pairs, pack_pairs, pairs_command, train_pairs
+from verirl.train.run import make_run_dir
 
 DPO_CURVES = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen")
 

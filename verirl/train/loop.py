@@ -13,7 +13,6 @@ whitening use global counts, metrics are reduced over ranks, and rank 0 alone wr
 
 from __future__ import annotations
 
-import math
 import shutil
 import signal
 import threading
@@ -28,18 +27,25 @@ import torch
 
 from verirl.config import write_resolved_config
 from verirl.envs.base import Environment
-from verirl.envs.registry import make_env
-from verirl.errors import ConfigError, DataError, Interrupted, UserError
+from verirl.errors import ConfigError, Interrupted, UserError
 from verirl.progress import Progress
 from verirl.rollout import RolloutEngine, SamplingParams, make_engine
 from verirl.rollout.base import logprob_temperature
-from verirl.rundir import claim_run_dir, clear_run_dir
+from verirl.rundir import clear_run_dir
 from verirl.train import checkpoint as ckpt
 from verirl.train import distributed as dist
 from verirl.train.config import TrainConfig, check_device
 from verirl.train.metrics import TRAIN_CURVES, MetricsLogger, plot_curves
 from verirl.train.model import Reference, ValueHead, load_policy, render_prompt, resolve_forward
 from verirl.train.online_dpo import online_dpo_update
+from verirl.train.run import (
+    claim_on_rank0,
+    fits_context,
+    last_checkpoint,
+    load_env,
+    lr_lambda,
+    model_context,
+)
 from verirl.train.update import (
     Rollout,
     batch_rows,
@@ -78,105 +84,8 @@ class Run:
     forward: str = "transformers"  # ``resolve_forward``: π_old, π_ref, π_θ and hf decoding
 
 
-def lr_lambda(schedule: str, warmup: int, total: int) -> Any:
-    """Multiplier of the peak lr at optimizer step s: linear warm-up, then constant/linear/cos."""
-
-    def f(s: int) -> float:
-        if s < warmup:
-            return (s + 1) / warmup
-        frac = (s - warmup) / max(1, total - warmup)
-        if schedule == "linear":
-            return max(0.0, 1.0 - frac)
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
-        return 1.0
-
-    return f
-
-
 # Steps in a row with no trainable row (every group's rewards equal) before the loop warns.
 NO_SIGNAL_STEPS = 5
-
-
-def load_env(cfg: Any) -> tuple[Environment, Any]:
-    """The environment and its split's rows, with every row checked for the env's fields.
-    A missing data file names the ``env.options`` key that points at it."""
-    try:
-        env = make_env(cfg.env.name, **cfg.env.options)
-        rows = env.rows(cfg.env.split)
-    except (ValueError, KeyError) as e:
-        raise ConfigError(f"env.split: {e}") from None
-    except (DataError, FileNotFoundError) as e:
-        raise ConfigError(f"{_option_key(cfg.env.options, str(e))}: {e}") from None
-    if not rows:
-        raise ConfigError(f"env {cfg.env.name!r} split {cfg.env.split!r} has no rows")
-    env.validate_rows(rows, f"env {cfg.env.name!r} split {cfg.env.split!r}")
-    return env, rows
-
-
-def _option_key(options: dict[str, Any], message: str) -> str:
-    """The ``env.options.<key>`` whose value a message mentions (else ``env.options``)."""
-    for key, value in options.items():
-        if isinstance(value, str) and value and value in message:
-            return f"env.options.{key}"
-    return "env.options"
-
-
-def make_run_dir(cfg: Any, overwrite: bool = False, unique: bool = False) -> Path:
-    """The new run's directory ``<run_dir>/<name>`` (see ``verirl.rundir``); not created yet."""
-    run_dir = Path(cfg.run_dir) / cfg.name
-    resumable = ckpt.latest_checkpoint(run_dir) is not None
-    return claim_run_dir(run_dir, overwrite=overwrite, unique=unique, resumable=resumable)
-
-
-def _claim_on_rank0(cfg: Any, ctx: dist.DistContext, overwrite: bool, unique: bool) -> Path:
-    """`make_run_dir` decided once, on rank 0, and shared: a timestamped name must be the same
-    on every rank, and a refusal must stop every rank."""
-    claimed: tuple[str | None, str | None] = (None, None)
-    if ctx.is_main:
-        try:
-            claimed = (str(make_run_dir(cfg, overwrite, unique)), None)
-        except UserError as e:
-            claimed = (None, str(e))
-    if ctx.world_size > 1:
-        claimed = dist.broadcast_object(claimed, ctx)
-    if claimed[0] is None:
-        raise UserError(claimed[1] or "no run directory")
-    return Path(claimed[0])
-
-
-def fits_context(env: Environment, rows: Any, tok: Any, cfg: Any, context: int | None) -> Any:
-    """The rows whose prompt plus ``rollout.max_new_tokens`` fit the model's context; the rest
-    are dropped with a count (a longer prompt would fail inside either engine). No rows left
-    is a ConfigError naming the keys to change."""
-    if not context:
-        return rows
-    budget = context - cfg.rollout.max_new_tokens
-    keep = [r for r in rows
-            if len(tok(render_prompt(env.prompt(r), tok, cfg.model.chat_template),
-                       add_special_tokens=False)["input_ids"]) <= budget]  # fmt: skip
-    if not keep:
-        raise ConfigError(
-            f"every prompt of env {cfg.env.name!r} split {cfg.env.split!r} is longer than the "
-            f"model's context ({context} tokens) minus rollout.max_new_tokens="
-            f"{cfg.rollout.max_new_tokens}; lower rollout.max_new_tokens or use a model with a "
-            "longer context"
-        )
-    if len(keep) < len(rows):
-        print(
-            f"warning: skipped {len(rows) - len(keep)} of {len(rows)} rows whose prompt + "
-            f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} exceeds the model's context "
-            f"({context} tokens)",
-            flush=True,
-        )
-    return keep
-
-
-def model_context(model: Any, cfg: Any) -> int | None:
-    """Tokens the rollout engine can hold: ``rollout.vllm.max_model_len`` when set, else the
-    model's ``max_position_embeddings``."""
-    vllm_len = cfg.rollout.vllm.get("max_model_len") if cfg.rollout.backend == "vllm" else None
-    return vllm_len or getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
 def init_distributed(cfg: TrainConfig) -> tuple[dist.DistContext, str]:
@@ -207,7 +116,7 @@ def prepare(
         torch.set_num_threads(cfg.train.threads)
     if resume_dir is not None:
         last_checkpoint(resume_dir)  # before anything is loaded
-    run_dir = resume_dir or _claim_on_rank0(cfg, ctx, overwrite, unique)
+    run_dir = resume_dir or claim_on_rank0(cfg, ctx, overwrite, unique)
     env, rows = load_env(cfg)
     ckpt.seed_everything(cfg.train.seed)
     model, tok = load_policy(cfg.model, device)
@@ -284,17 +193,6 @@ def _vllm_settings(cfg: TrainConfig, ctx: dist.DistContext, device: str) -> dict
         settings["launch"] = dist.vllm_engine_options(ctx, tp)
     settings["seed"] = dist.rank_seed(int(settings.get("seed", 0)), ctx)
     return settings
-
-
-def last_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint a resume starts from; none names the one flag that starts the run over."""
-    last = ckpt.latest_checkpoint(run_dir)
-    if last is None:
-        raise UserError(
-            f"{run_dir} has no checkpoint to resume from (it stopped before its first save); "
-            f"start it over with: verirl train {run_dir / 'config.yaml'} --overwrite"
-        )
-    return last
 
 
 def restore(run: Run) -> None:

@@ -31,9 +31,9 @@ from verirl.progress import Progress
 from verirl.rundir import clear_run_dir
 from verirl.train import checkpoint as ckpt
 from verirl.train.dpo_config import DpoData
-from verirl.train.loop import lr_lambda
 from verirl.train.metrics import MetricsLogger, plot_curves
 from verirl.train.model import Batch, pack, render_prompt
+from verirl.train.run import lr_lambda
 from verirl.train.update import batch_rows
 
 

@@ -29,9 +29,9 @@ from verirl.rollout.base import end_token_ids
 from verirl.train import checkpoint as ckpt
 from verirl.train.config import LogSection, ModelSection, check_device
 from verirl.train.dpo_config import DpoData, DpoTrain
-from verirl.train.loop import make_run_dir
 from verirl.train.model import Batch
 from verirl.train.pairwise import Pair, load_pairs, pack_pairs, pairs_command, train_pairs
+from verirl.train.run import make_run_dir
 
 RM_CURVES = ("loss", "accuracy", "margin")
 

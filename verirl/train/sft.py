@@ -22,9 +22,9 @@ from verirl.rollout.base import end_token_ids
 from verirl.rundir import clear_run_dir
 from verirl.train import checkpoint as ckpt
 from verirl.train.config import SftConfig, check_device
-from verirl.train.loop import lr_lambda, make_run_dir
 from verirl.train.metrics import SFT_CURVES, MetricsLogger, plot_curves
 from verirl.train.model import forward_logits, load_policy, pack, render_prompt
+from verirl.train.run import lr_lambda, make_run_dir
 
 
 def load_pairs(cfg: SftConfig, tok: object) -> list[tuple[str, str]]:
@@ -41,7 +41,7 @@ def load_pairs(cfg: SftConfig, tok: object) -> list[tuple[str, str]]:
         return [
             (render_prompt(r[need[0]], tok, cfg.model.chat_template), str(r[need[1]])) for r in rows
         ]
-    from verirl.train.loop import load_env
+    from verirl.train.run import load_env
 
     env, rows = load_env(cfg)
     field = cfg.data.target_field
