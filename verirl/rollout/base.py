@@ -83,10 +83,16 @@ class RolloutEngine(ABC):
         """For each prompt (already chat-templated text), ``n`` completions: result[i][j]."""
 
     def generate_ids(
-        self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        sampling: SamplingParams,
+        max_new_tokens: list[int] | None = None,
     ) -> list[list[Completion]]:
         """As ``generate``, from token ids (a multi-turn trajectory so far): the engine never
-        re-tokenises them, so the next turn continues from exactly the tokens sampled."""
+        re-tokenises them, so the next turn continues from exactly the tokens sampled.
+        `max_new_tokens`: a limit per prompt (each trajectory's remaining token budget), applied
+        on top of ``sampling.max_new_tokens``; None: that one limit for all."""
         raise NotImplementedError(f"{type(self).__name__} cannot continue from token ids")
 
     @abstractmethod

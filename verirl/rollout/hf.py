@@ -5,8 +5,18 @@ last position's logits computed) instead of ``generate``: for small models, ``ge
 per-token Python overhead (logits processors, stopping criteria, output bookkeeping) costs more
 than the model itself. Each step runs ``verirl.lean_model.LeanDecoder`` where the lean path is
 chosen (``lean``; by default on CPU for supported models) and the model's own forward with its
-cache otherwise (CUDA: its SDPA/flash attention). Requests with stop strings use ``generate``
-(its stop-string matching is exact across token boundaries).
+cache otherwise (CUDA: its SDPA/flash attention). Stop strings are matched in the same loop on
+the decoded text of each row's last tokens, so they are exact across token boundaries: a row
+stops at the token that completes one, its text ends with it (as vLLM's
+``include_stop_str_in_output``), finish reason "stop".
+
+Multi-turn trajectories continue with ``generate_ids`` from the exact token ids so far (never
+re-tokenised). The KV cache is *not* kept across turns: each turn re-prefills the whole
+trajectory in one batched forward (then decodes with the cache as above). Episodes join and
+leave the batch between turns as their tool calls finish, which a persistent per-row cache
+would have to follow; on the small models this backend serves, a prefill of a few hundred
+tokens costs about as much as a handful of decode steps. vLLM's prefix caching does reuse the
+trajectory's KV.
 
 The engine holds a reference to the policy module itself, so ``update_weights`` has nothing to
 copy: the next ``generate`` already samples from the weights the optimizer just changed.
@@ -44,8 +54,7 @@ class HFRolloutEngine(RolloutEngine):
     ) -> None:
         """`batch_size` caps sequences per `generate` call (None: all at once). `synced`: the
         model is sharded over ranks (FSDP2), so every forward is a collective: decoding runs
-        all `max_new_tokens` steps on every rank (with stop strings, ``generate`` with
-        ``synced_gpus``, which keeps finished ranks stepping until all are done). `lean`:
+        all `max_new_tokens` steps on every rank, finished or not. `lean`:
         decode with ``LeanDecoder`` (True), the model's own forward (False), or decide by
         ``lean_by_default`` (None: CPU, float32/bfloat16, supported architecture)."""
         self.model = model
@@ -64,30 +73,46 @@ class HFRolloutEngine(RolloutEngine):
     def generate(
         self, prompts: list[str], n: int, sampling: SamplingParams
     ) -> list[list[Completion]]:
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        return self.generate_ids(ids, n, sampling)
+
+    def generate_ids(
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        sampling: SamplingParams,
+        max_new_tokens: list[int] | None = None,
+    ) -> list[list[Completion]]:
+        if max_new_tokens is not None and len(max_new_tokens) != len(prompt_ids):
+            raise ValueError(f"{len(max_new_tokens)} token limits for {len(prompt_ids)} prompts")
         # FSDP2 reuses its all-gather buffers in training: they must not become inference tensors.
         with torch.no_grad() if self.synced else torch.inference_mode():
-            return self._generate(prompts, n, sampling)
+            return self._generate(prompt_ids, n, sampling, max_new_tokens)
 
     def _generate(
-        self, prompts: list[str], n: int, sampling: SamplingParams
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        sampling: SamplingParams,
+        limits: list[int] | None,
     ) -> list[list[Completion]]:
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
-        tok = self.tokenizer
-        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        flat = [(i, j) for i in range(len(prompts)) for j in range(n)]
+        cap = sampling.max_new_tokens
+        caps = [min(cap, x) for x in limits] if limits is not None else [cap] * len(prompt_ids)
+        flat = [(i, j) for i in range(len(prompt_ids)) for j in range(n)]
         step = self.batch_size or len(flat)
-        out: list[list[Completion]] = [[] for _ in prompts]
+        out: list[list[Completion]] = [[] for _ in prompt_ids]
         was_training = self.model.training
         # The lean decoder applies no dropout whatever the mode; the model's own forward
-        # (``generate``, unsupported architectures) must run in eval mode.
-        if sampling.stop or not self._lean():
+        # (unsupported architectures, CUDA) must run in eval mode.
+        if not self._lean():
             self.model.eval()
         try:
             for start in range(0, len(flat), step):
                 chunk = flat[start : start + step]
-                fn = self._generate_chunk if sampling.stop else self._decode_chunk
-                for c in fn([prompt_ids[i] for i, _ in chunk], sampling):
+                ids = [prompt_ids[i] for i, _ in chunk]
+                for c in self._decode_chunk(ids, sampling, [caps[i] for i, _ in chunk]):
                     i, j = chunk[c.prompt_index]
                     c.prompt_index, c.sample_index = i, j
                     out[i].append(c)
@@ -95,17 +120,17 @@ class HFRolloutEngine(RolloutEngine):
             self.model.train(was_training)
         return out
 
-    def _decode_chunk(self, ids: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+    def _decode_chunk(
+        self, ids: list[list[int]], sampling: SamplingParams, caps: list[int]
+    ) -> list[Completion]:
         """Left-padded prefill, then a token per step with the KV cache; stops when every
-        sequence has emitted an end token. Sampling draws from the global torch RNG (seedable
-        and checkpointed by the trainer)."""
+        sequence has emitted an end token, completed a stop string or reached its cap.
+        Sampling draws from the global torch RNG (seedable and checkpointed by the trainer)."""
         tok, model = self.tokenizer, self.model
-        width = max(len(x) for x in ids)
+        width, steps_max = max(len(x) for x in ids), max(caps)
         pad, tau = tok.pad_token_id, logprob_temperature(sampling.temperature)
         device = next(model.parameters()).device
-        fast = (
-            LeanDecoder(model, len(ids), width + sampling.max_new_tokens) if self._lean() else None
-        )
+        fast = LeanDecoder(model, len(ids), width + steps_max) if self._lean() else None
         # The fast path prefills each distinct prompt once (n samples share its keys/values).
         distinct: dict[tuple[int, ...], int] = {}
         rows = [distinct.setdefault(tuple(x), len(distinct)) for x in ids]
@@ -124,19 +149,24 @@ class HFRolloutEngine(RolloutEngine):
         nxt_pos = pos[:, -1] + 1  # [B]
         done = torch.zeros(len(ids), dtype=torch.bool, device=device)
         ends = torch.tensor(self.end_ids, device=device)
-        toks = torch.full((len(ids), sampling.max_new_tokens), pad, device=device)  # [B, T]
-        lps = torch.zeros((len(ids), sampling.max_new_tokens), device=device)
+        cap_t = torch.tensor(caps, device=device)  # [B]
+        toks = torch.full((len(ids), steps_max), pad, device=device)  # [B, T]
+        lps = torch.zeros((len(ids), steps_max), device=device)
+        stopped = _StopStrings(tok, sampling.stop)
         steps = 0
-        for t in range(sampling.max_new_tokens):
+        for t in range(steps_max):
             z = logits.float()
             logp = torch.log_softmax(z / tau if tau != 1.0 else z, -1)  # [B, V] softmax(z/T)
+            live = ~done
             new = _sample(logp, sampling).masked_fill_(done, pad)  # [B]
             toks[:, t] = new
             lps[:, t] = logp.gather(-1, new[:, None])[:, 0]
-            done |= torch.isin(new, ends)
+            done |= torch.isin(new, ends) | (cap_t <= t + 1)
+            if stopped.stops:  # text stops: only rows that sampled a real, non-end token
+                done |= stopped.check(toks, t, live & ~torch.isin(new, ends))
             steps = t + 1
             # Synced (sharded model): every rank runs the same number of forwards (collectives).
-            if (bool(done.all()) and not self.synced) or steps == sampling.max_new_tokens:
+            if (bool(done.all()) and not self.synced) or steps == steps_max:
                 break
             if fast is not None:
                 logits = fast.step(new, nxt_pos)
@@ -149,12 +179,17 @@ class HFRolloutEngine(RolloutEngine):
             nxt_pos = nxt_pos + 1
         tok_mat = toks[:, :steps].tolist()
         lp_mat = lps[:, :steps].tolist()
-        stops = [_end(row, self.end_ids) for row in tok_mat]
-        bodies = [row[: n - (f == "stop")] for row, (n, f) in zip(tok_mat, stops, strict=True)]
-        texts = tok.batch_decode(bodies, skip_special_tokens=False)  # without the end token
         results = []
-        for b, (row, (length, finish), text) in enumerate(zip(tok_mat, stops, texts, strict=True)):
+        for b, row in enumerate(tok_mat):
+            if b in stopped.at:  # a stop string: kept up to the token that completed it
+                length, finish, is_end = stopped.at[b], "stop", False
+            else:
+                length, finish = _end(row[: caps[b]], self.end_ids)
+                is_end = finish == "stop"
             body = row[:length]
+            text = tok.decode(body[: length - is_end], skip_special_tokens=False)
+            if b in stopped.at:
+                text = stopped.cut(text)
             results.append(
                 Completion(
                     prompt_index=b,
@@ -173,60 +208,41 @@ class HFRolloutEngine(RolloutEngine):
             return lean_by_default(self.model)
         return self.lean and is_plain(self.model)
 
-    def _generate_chunk(self, ids: list[list[int]], sampling: SamplingParams) -> list[Completion]:
-        tok = self.tokenizer
-        width = max(len(x) for x in ids)
-        pad = tok.pad_token_id
-        device = next(self.model.parameters()).device
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
-        attention = torch.tensor(
-            [[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device
-        )
-        do_sample = sampling.temperature > 0
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=sampling.max_new_tokens,
-            do_sample=do_sample,
-            pad_token_id=pad,
-            eos_token_id=self.end_ids,
-            return_dict_in_generate=True,
-            output_logits=True,
-            use_cache=True,
-            synced_gpus=self.synced,
-        )
-        if do_sample:
-            kwargs.update(
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=sampling.top_k or None,
-            )
-        if sampling.stop:
-            kwargs.update(stop_strings=list(sampling.stop), tokenizer=tok)
-        gen = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
-        new = gen.sequences[:, width:]  # [B, T_new]
-        logits = torch.stack(gen.logits, dim=1).float()  # [B, T_new, V], raw (unprocessed)
-        tau = logprob_temperature(sampling.temperature)
-        logp = torch.log_softmax(logits / tau, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        results = []
-        for b in range(new.shape[0]):
-            toks = new[b].tolist()
-            length, finish = _end(toks, self.end_ids)
-            body = toks[:length]
-            text = tok.decode(body[: length - (finish == "stop")], skip_special_tokens=False)
-            for s in sampling.stop:
-                if s in text:
-                    text, finish = text[: text.index(s) + len(s)], "stop"
-            results.append(
-                Completion(
-                    prompt_index=b,
-                    sample_index=0,
-                    text=text,
-                    prompt_token_ids=ids[b],
-                    token_ids=body,
-                    logprobs=logp[b, :length].tolist(),
-                    finish_reason=finish,
-                )
-            )
-        return results
+
+class _StopStrings:
+    """Stop strings matched on the decoded text of each row's last few tokens, every step.
+
+    A stop string of b UTF-8 bytes ends within the last b tokens (each token is at least a
+    byte), so decoding a window of b + 4 tokens finds it exactly across token boundaries; the
+    first step whose window contains it is the step that completed it. ``at[row]`` is then
+    the row's length in tokens (the completing token included); the text is cut just after
+    the stop string, as vLLM's ``include_stop_str_in_output`` does.
+    """
+
+    def __init__(self, tokenizer: Any, stops: tuple[str, ...]) -> None:
+        self.tokenizer, self.stops = tokenizer, tuple(s for s in stops if s)
+        self.window = max((len(s.encode()) for s in self.stops), default=0) + 4
+        self.at: dict[int, int] = {}
+
+    def check(self, toks: torch.Tensor, t: int, rows: torch.Tensor) -> torch.Tensor:
+        """[B] bool: rows (a [B] bool of candidates) whose text now contains a stop string."""
+        hit = torch.zeros_like(rows)
+        idx = rows.nonzero()[:, 0].tolist()
+        if not idx:
+            return hit
+        lo = max(0, t + 1 - self.window)
+        windows = toks[idx, lo : t + 1].tolist()
+        texts = self.tokenizer.batch_decode(windows, skip_special_tokens=False)
+        for b, text in zip(idx, texts, strict=True):
+            if any(s in text for s in self.stops):
+                hit[b] = True
+                self.at[b] = t + 1
+        return hit
+
+    def cut(self, text: str) -> str:
+        """`text` up to and including the earliest-ending stop string."""
+        found = [text.index(s) + len(s) for s in self.stops if s in text]
+        return text[: min(found)] if found else text
 
 
 def _end(row: list[int], end_ids: list[int]) -> tuple[int, str]:

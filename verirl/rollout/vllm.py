@@ -336,21 +336,36 @@ class VLLMRolloutEngine(RolloutEngine):
     def generate(
         self, prompts: list[str], n: int, sampling: SamplingParams
     ) -> list[list[Completion]]:
+        # Tokenise like the hf backend (no BOS/special tokens added to templated text).
+        prompt_ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        return self.generate_ids(prompt_ids, n, sampling)
+
+    def generate_ids(
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        sampling: SamplingParams,
+        max_new_tokens: list[int] | None = None,
+    ) -> list[list[Completion]]:
+        """Token prompts (``TokensPrompt``): a multi-turn trajectory continues from exactly its
+        ids, and vLLM's prefix caching reuses the KV of the trajectory so far (reset at every
+        weight sync, whose weights it was computed with)."""
         from vllm import SamplingParams as VSamplingParams
         from vllm.inputs import TokensPrompt
 
+        if max_new_tokens is not None and len(max_new_tokens) != len(prompt_ids):
+            raise ValueError(f"{len(max_new_tokens)} token limits for {len(prompt_ids)} prompts")
         self._wake()
-        # Tokenise like the hf backend (no BOS/special tokens added to templated text).
-        prompt_ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
         params = []
-        for i in range(len(prompts)):
+        for i in range(len(prompt_ids)):
+            cap = sampling.max_new_tokens
             params.append(
                 VSamplingParams(
                     n=n,
                     temperature=sampling.temperature,
                     top_p=sampling.top_p,
                     top_k=sampling.top_k,
-                    max_tokens=sampling.max_new_tokens,
+                    max_tokens=cap if max_new_tokens is None else min(cap, max_new_tokens[i]),
                     stop=list(sampling.stop) or None,
                     stop_token_ids=self.end_ids,
                     include_stop_str_in_output=True,  # as hf: the text ends with the stop string
@@ -376,7 +391,7 @@ class VLLMRolloutEngine(RolloutEngine):
                         prompt_index=i,
                         sample_index=j,
                         text=c.text,
-                        prompt_token_ids=prompt_ids[i],
+                        prompt_token_ids=list(prompt_ids[i]),
                         token_ids=token_ids,
                         logprobs=logprobs,
                         finish_reason="stop" if c.finish_reason == "stop" else "length",
