@@ -41,6 +41,9 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "verirl.envs.math_envs",
     "verirl.envs.code_envs",
     "verirl.envs.reward_model_env",
+    "verirl.envs.python_tool",
+    "verirl.envs.code_feedback",
+    "verirl.envs.games",
 )
 
 _REGISTRY: dict[str, type[Environment]] = {}

@@ -61,6 +61,10 @@ def _envs_show(args: argparse.Namespace) -> int:
     note = f"  (required: {', '.join(cls.fields) or 'none'})" if optional else ""
     print(f"row fields:   {', '.join(fields)}{note}")
     print(f"source:       {env_source(cls.name)}")
+    # The turn protocol (verirl.envs.multiturn): the defaults; a max_turns option may change it.
+    stops = ", ".join(repr(s) for s in cls.turn_stop) or "none (the engine's end of turn)"
+    print(f"turns:        max_turns={cls.max_turns}; a model turn also stops at: {stops}")
+    print(f"protocol:     {cls.protocol}")
     options = env_options(cls)
     if options:
         print("options (env.options.NAME in a config, --option NAME=VALUE in `verirl score`):")
