@@ -7,6 +7,8 @@ through the same sandboxed unit-test runner and trusted-side verdict as `verirl.
 environment answers with a ``user`` message holding the verdict and, with ``feedback="detail"``,
 the failing assertion or the program's error (``assert #0 failed: 1 == 2 is false``), and the
 model tries again, up to ``max_turns`` submissions. The reward is the final submission's alone.
+Each submission counts as a tool call; one that crashed, timed out or ran out of memory as a
+tool error.
 
 What a policy could game: with ``detail`` the feedback shows the failing case's values, so a
 policy can special-case the cases it was shown; the final submission must still pass the whole

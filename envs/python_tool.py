@@ -49,8 +49,8 @@ from verirl.jsonl import read_jsonl
 PYTHON_TAG_PROMPT = (
     "{question}\n\n"
     "You can run Python: write code between <python> and </python> and stop; what it prints "
-    "comes back to you between <output> and </output>. Use print() to see results. When you "
-    "know the answer, reply without code and put the final answer within \\boxed{{}}."
+    "is shown to you right after the call. Use print() to see results. When you know the "
+    "answer, reply without code and put the final answer within \\boxed{{}}."
 )
 TOOL_CALL_PROMPT = (
     "{question}\n\n"
@@ -61,20 +61,6 @@ TOOL_CALL_PROMPT = (
     "within \\boxed{{}}."
 )
 PROMPTS = {"python_tag": PYTHON_TAG_PROMPT, "tool_call": TOOL_CALL_PROMPT}
-#: The tool's schema (OpenAI function format) for renderers that pass ``tools=`` to a template.
-PYTHON_TOOL_SCHEMA: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "python",
-        "description": "Run a Python 3 program; returns what it prints (stdout), or the error.",
-        "parameters": {
-            "type": "object",
-            "properties": {"code": {"type": "string", "description": "the program"}},
-            "required": ["code"],
-        },
-    },
-}
-
 _INTEGER = re.compile(r"-?\d+")
 _CALL_OPEN = re.compile(r"<python>|<tool_call>")
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
@@ -248,7 +234,6 @@ class PythonToolEnv(Environment):
         "it is scored: the math reward on \\boxed{} or 'The answer is N', hedges score 0. "
         "A sandbox that is down is infra_error."
     )
-    tools: ClassVar[list[dict[str, Any]]] = [PYTHON_TOOL_SCHEMA]
 
     def __init__(
         self,

@@ -41,6 +41,13 @@ def play(env, row, turns):
     return ep
 
 
+class LostSandbox(Sandbox):
+    """A sandbox whose containers die under every try: the pool's answer is ``infra``."""
+
+    def _exec(self, jobs):
+        return {}, "lost"
+
+
 def env_messages(ep):
     return [m for m in ep.messages[1:] if m["role"] != "assistant"]
 
@@ -205,11 +212,7 @@ def test_sandbox_down_is_infra_error(monkeypatch, docker_pool):
     with pytest.raises(InfraError, match="image verirl-sandbox:no-such-image missing"):
         play(env, MUL, ["<python>print(1)</python>"])
 
-    class Lost(Sandbox):  # the pool's verdict when its containers died under every retry
-        def _exec(self, jobs):
-            return {}, "lost"
-
-    env.attach_sandbox(Lost())
+    env.attach_sandbox(LostSandbox())
     with pytest.raises(InfraError, match="sandbox died twice"):
         play(env, MUL, ["<python>print(1)</python>"])
     assert env.respond(Episode(row=MUL), "no call: the final answer").done  # no sandbox needed
@@ -282,6 +285,13 @@ def test_code_feedback_scores_the_final_submission_only(feedback_env):
     status_only.attach_sandbox(feedback_env._sandbox)
     fb = env_messages(play(status_only, INC, [WRONG]))[0]["content"]
     assert fb.startswith("The tests failed: a test assertion failed.") and "==" not in fb
+
+
+def test_code_feedback_sandbox_down_is_infra_error():
+    env = make_env("code_feedback")
+    env.attach_sandbox(LostSandbox())
+    with pytest.raises(InfraError, match="sandbox died twice"):
+        play(env, INC, [RIGHT])
 
 
 def test_code_feedback_bad_option():
