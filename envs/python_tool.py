@@ -91,8 +91,8 @@ def find_tool_call(text: str) -> tuple[str, str | None] | None:
     body = m.group(1).strip() if m else ""
     try:
         call = json.loads(body)
-    except ValueError as e:
-        return "", f"the tool call is not valid JSON ({e})"
+    except (ValueError, RecursionError) as e:  # nesting too deep is the model's doing too
+        return "", f"the tool call is not valid JSON ({type(e).__name__}: {str(e)[:100]})"
     if not isinstance(call, dict) or call.get("name") != "python":
         name = call.get("name") if isinstance(call, dict) else None
         return "", f"unknown tool {name!r}; the only tool is 'python'"
@@ -100,7 +100,7 @@ def find_tool_call(text: str) -> tuple[str, str | None] | None:
     if isinstance(args, str):  # some models send the arguments as a JSON string
         try:
             args = json.loads(args)
-        except ValueError:
+        except (ValueError, RecursionError):
             args = {"code": args}
     code = args.get("code") if isinstance(args, dict) else None
     if not isinstance(code, str):

@@ -132,8 +132,15 @@ def test_hermes_tool_call_and_fenced_code_run(tool_env):
     assert [m["content"] for m in env_messages(ep)] == ["299114", "fenced"]
     assert ep.tool_calls == 2 and ep.tool_errors == 0
     assert tool_env.score_episode(ep).reward == 1.0
-    bad = play(tool_env, MUL, ['<tool_call>{"name": "shell", "arguments": {}}</tool_call>'])
-    assert "unknown tool 'shell'" in env_messages(bad)[0]["content"] and bad.tool_errors == 1
+    refused = [
+        '<tool_call>{"name": "shell", "arguments": {}}</tool_call>',
+        "<tool_call>" + "[" * 100_000 + "</tool_call>",
+        "<tool_call>{'name': 1}",
+    ]
+    bad = play(tool_env, MUL, refused)
+    got = [m["content"] for m in env_messages(bad)]
+    assert "unknown tool 'shell'" in got[0] and bad.tool_errors == 3, got
+    assert all(g.startswith("error: ") and len(g) < 200 for g in got), got
 
 
 @pytest.mark.docker
