@@ -1,4 +1,6 @@
-"""Models for evaluation: loading (HF or PEFT adapter), fingerprints, engines, prompt text.
+"""Models for evaluation: loading (HF or PEFT adapter), fingerprints, engines. Loading and the
+prompt text are training's own (``verirl.pretrained``, ``verirl.prompts``), so a model is
+evaluated as it was trained.
 
 The fingerprint is part of the cache key, so a retrained model never reuses the old model's
 completions; the engine comes from ``verirl.rollout.make_engine`` (hf or vllm).
@@ -7,15 +9,14 @@ completions; the engine comes from ``verirl.rollout.make_engine`` (hf or vllm).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from verirl.envs.base import Prompt
 from verirl.evals.suite import SuiteConfig
 
-from verirl.errors import ConfigError, UserError
+from verirl.pretrained import is_adapter_dir, load_pretrained, load_tokenizer
+from verirl.prompts import render_prompt as render_prompt  # the runner's import
 
 
 def model_fingerprint(model: str | Path) -> str:
@@ -54,26 +55,9 @@ def model_fingerprint(model: str | Path) -> str:
 
 
 def load_model(path: str | Path) -> tuple[Any, Any]:
-    """(model, tokenizer) from a HF directory or id; a PEFT adapter directory is merged in."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    p = Path(path)
-    try:
-        if (p / "adapter_config.json").is_file():
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(str(p)).merge_and_unload()
-            base = json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"]
-            tok_src = str(p) if (p / "tokenizer_config.json").is_file() else base
-        else:
-            model = AutoModelForCausalLM.from_pretrained(str(p))
-            tok_src = str(p)
-        tok = AutoTokenizer.from_pretrained(tok_src)
-    except (OSError, ValueError) as e:
-        raise UserError(f"model {str(path)!r} could not be loaded: {e}") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return model, tok
+    """(model, tokenizer) by the loader training uses too (``verirl.pretrained``): a HF
+    directory or id in its own dtype, or a PEFT adapter directory merged into its base."""
+    return load_pretrained(path)
 
 
 def open_engine(
@@ -83,15 +67,10 @@ def open_engine(
     from verirl.rollout import make_engine
 
     if backend == "vllm":
-        from transformers import AutoTokenizer
-
         path = Path(model_path)
-        if (path / "adapter_config.json").is_file():  # vLLM loads full checkpoints: merge once
+        if is_adapter_dir(path):  # vLLM loads full checkpoints: merge once
             path = _merged_copy(path, (out_dir or path.parent) / "merged")
-        try:
-            tok = AutoTokenizer.from_pretrained(str(path))
-        except (OSError, ValueError) as e:
-            raise UserError(f"model {str(model_path)!r} could not be loaded: {e}") from None
+        tok = load_tokenizer(path)
         engine = make_engine("vllm", tokenizer=tok, model_path=str(path), **suite.vllm)
         return engine, tok
     model, tok = load_model(model_path)
@@ -108,23 +87,3 @@ def _merged_copy(adapter_dir: Path, root: Path) -> Path:
         tok.save_pretrained(str(tmp))
         tmp.replace(dest)
     return dest
-
-
-def render_prompt(prompt: Prompt, tokenizer: Any, mode: str) -> str:
-    """Prompt text for the engine: chat messages go through the tokenizer's chat template when
-    it has one (mode ``auto``/``always``); without one their contents are joined by blank lines,
-    which is what a base model without a template would see in a plain-text prompt."""
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    if mode == "always" and not has_template:
-        raise ConfigError("chat_template: always, but the tokenizer has no chat template")
-    use_template = has_template and mode != "never"
-    if isinstance(prompt, str):
-        if mode == "always":
-            prompt = [{"role": "user", "content": prompt}]
-        else:
-            return prompt
-    if use_template:
-        return str(
-            tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        )
-    return "\n\n".join(m["content"] for m in prompt)

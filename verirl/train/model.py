@@ -1,5 +1,8 @@
 """Loading the policy: model and tokenizer, LoRA adapters, the reference model, the value head,
-and turning prompts + completions into padded training tensors."""
+and turning prompts + completions into padded training tensors.
+
+``render_prompt`` is ``verirl.prompts``' (the one evaluation uses), re-exported here for the
+trainers."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import ctypes
 import sys
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,37 +28,18 @@ from verirl.lean_model import (
     train_hidden,
     train_hidden_shared,
 )
+from verirl.pretrained import load_pretrained
+from verirl.prompts import render_prompt as render_prompt  # the trainers' import
 from verirl.train.config import ModelSection
 from verirl.train.distributed import unwrap
 
 
 def load_policy(cfg: ModelSection, device: str = "cpu") -> tuple[Any, Any]:
-    """(model, tokenizer) from a local directory or hub id; LoRA-wrapped when configured.
-
-    A path that looks local (exists, or starts with ``.``/``/``/``~``) but is not a directory is
-    a ConfigError naming ``model.path``; so is any load failure.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # one bar per run is ours; HF's shard bars are noise
+    """(model, tokenizer) by the loader evaluation uses too (``verirl.pretrained``: a model
+    directory, hub id or merged PEFT adapter; failures are ConfigErrors naming ``model.path``),
+    in ``model.dtype``, LoRA-wrapped when configured."""
     model: Any
-
-    path = cfg.path
-    looks_local = path.startswith((".", "/", "~")) or Path(path).exists()
-    if looks_local and not Path(path).expanduser().is_dir():
-        raise ConfigError(f"model.path: {path!r} is not a model directory")
-    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-    try:
-        tok = AutoTokenizer.from_pretrained(str(Path(path).expanduser()) if looks_local else path)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(Path(path).expanduser()) if looks_local else path, dtype=dtype
-        )
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"model.path: cannot load {path!r}: {e}") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    model.to(device)
+    model, tok = load_pretrained(cfg.path, cfg.dtype, device, what="model.path")
     if device == "cpu":
         retain_freed_memory()
     if cfg.lora.enabled:
@@ -96,16 +79,6 @@ def retain_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
     mallopt(m_mmap_threshold, 256 << 20)
     mallopt(m_trim_threshold, 1 << 30)
-
-
-def render_prompt(prompt: str | list[dict[str, str]], tok: Any, chat_template: str) -> str:
-    """Text the engine continues: chat messages go through the tokenizer's chat template when
-    it has one; without a template, message contents are joined by newlines."""
-    if isinstance(prompt, str):
-        return prompt
-    if chat_template == "auto" and getattr(tok, "chat_template", None):
-        return str(tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True))
-    return "\n".join(m["content"] for m in prompt)
 
 
 class Reference:

@@ -28,11 +28,12 @@ from verirl.config import (
 from verirl.errors import ConfigError, DataError, UserError
 from verirl.jsonl import read_jsonl
 from verirl.progress import Progress
+from verirl.prompts import join_messages, render_prompt, uses_chat_template
 from verirl.rundir import clear_run_dir
 from verirl.train import checkpoint as ckpt
 from verirl.train.dpo_config import DpoData
 from verirl.train.metrics import MetricsLogger, plot_curves
-from verirl.train.model import Batch, pack, render_prompt
+from verirl.train.model import Batch, pack
 from verirl.train.run import lr_lambda
 from verirl.train.update import batch_rows
 
@@ -94,14 +95,13 @@ def completion_text(
     """The text a completion adds after the rendered prompt. A string is itself; chat messages
     (TRL's conversational format, e.g. ``[{"role": "assistant", "content": "4"}]``) are the
     chat template's rendering of prompt + messages minus that of the prompt, or their
-    contents joined by newlines when no template applies (as ``render_prompt`` joins)."""
+    contents joined as ``render_prompt`` joins a prompt's when no template applies."""
     if isinstance(completion, str):
         return completion
     if not _messages(completion):
         raise TypeError("expected a string or a list of chat messages with 'content'")
-    templated = chat_template == "auto" and getattr(tok, "chat_template", None)
-    if not (templated and _messages(prompt)):
-        return "\n".join(m["content"] for m in completion)
+    if not (uses_chat_template(tok, chat_template) and _messages(prompt)):
+        return join_messages(completion)
     full = str(tok.apply_chat_template([*prompt, *completion], tokenize=False))
     if not full.startswith(prompt_text):
         raise TypeError("the chat template renders prompt + completion without the prompt prefix")

@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 from verirl.algos.preference import bradley_terry_loss
 from verirl.config import StrictModel
 from verirl.errors import ConfigError, DataError
+from verirl.pretrained import load_tokenizer, model_source
 from verirl.rollout.base import end_token_ids
 from verirl.train import checkpoint as ckpt
 from verirl.train.config import LogSection, ModelSection, check_device
@@ -75,25 +76,24 @@ class RmConfig(StrictModel):
 
 def load_reward_model(path: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
     """(scalar-head model, tokenizer) from a causal LM (a new, randomly initialised head) or from
-    a ``verirl rm`` output. A load failure is a ConfigError naming ``model.path``."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    a ``verirl rm`` output. A load failure is a ConfigError naming ``model.path``; the path and
+    the tokenizer are read as for the policy (``verirl.pretrained``)."""
+    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    src = model_source(path, "model.path")
+    tok = load_tokenizer(src, "model.path")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "score.weight newly initialized" is the point here
     try:
-        tok = AutoTokenizer.from_pretrained(path)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # "score.weight newly initialized" is the point here
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=1, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32
-            )
-        finally:
-            hf_logging.set_verbosity(verbosity)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            src, num_labels=1, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        )
     except (OSError, ValueError) as e:
         raise ConfigError(f"model.path: cannot load {path!r} as a reward model: {e}") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+    finally:
+        hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = tok.pad_token_id  # the head reads the last non-pad token
     return model.to(device), tok
 
