@@ -1,4 +1,7 @@
-"""JSON-lines reading and atomic writing, with errors that name the file and line."""
+"""The one JSON-lines reader and writer: every ``.jsonl`` the project writes (scored rows,
+metrics, samples, curated data, eval results) goes through ``jsonl_line``, written whole and
+atomically (``write_jsonl``) or appended a row at a time and flushed (``append_jsonl``), and is
+read back by ``read_jsonl``, whose errors name the file and line."""
 
 from __future__ import annotations
 
@@ -53,7 +56,37 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[TextIO]:
         raise
 
 
+def jsonl_line(row: dict[str, Any]) -> str:
+    """One output line, UTF-8 as is. A row that UTF-8 cannot hold as is (a lone surrogate in a
+    completion) is written with JSON escapes instead, which read back as the same string: one
+    odd row never costs the file.
+
+    >>> jsonl_line({"c": "\\udc80", "d": "é"}), jsonl_line({"d": "é"})
+    ('{"c": "\\\\udc80", "d": "\\\\u00e9"}\\n', '{"d": "é"}\\n')
+    """
+    text = json.dumps(row, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(row)
+    return text + "\n"
+
+
 def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
+    """Write every row (``atomic_writer``: the file appears whole or not at all)."""
     with atomic_writer(path) as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.writelines(jsonl_line(row) for row in rows)
+
+
+def append_jsonl(
+    path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], fsync: bool = False
+) -> None:
+    """Append rows to `path` (created with its folder if missing) and flush, so a killed
+    process keeps every row it appended; `fsync` also survives a crash of the machine."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("a", encoding="utf-8") as f:
+        f.writelines(jsonl_line(row) for row in rows)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())

@@ -9,14 +9,13 @@ left half-written.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from verirl.envs.registry import make_env
 from verirl.errors import DataError
-from verirl.jsonl import atomic_writer, read_jsonl
+from verirl.jsonl import read_jsonl, write_jsonl
 from verirl.rewards.result import RewardResult
 
 
@@ -55,25 +54,8 @@ def score_file(
         if res.components:
             new["components"] = res.components
         out.append(new)
-    with atomic_writer(output_path) as f:
-        f.writelines(row_line(r) for r in out)
+    write_jsonl(output_path, out)
     return Counter(r.status for r in results)
-
-
-def row_line(row: dict[str, Any]) -> str:
-    """One output line. A row that UTF-8 cannot hold as is (a lone surrogate in a completion)
-    is written with JSON escapes instead, which read back as the same string: one odd row
-    never costs the file.
-
-    >>> row_line({"c": "\\udc80", "d": "é"}), row_line({"d": "é"})
-    ('{"c": "\\\\udc80", "d": "\\\\u00e9"}\\n', '{"d": "é"}\\n')
-    """
-    text = json.dumps(row, ensure_ascii=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(row)
-    return text + "\n"
 
 
 def score_with_progress(

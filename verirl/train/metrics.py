@@ -3,13 +3,15 @@ completions, and ``<name>_curves.png`` at the end."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from verirl.jsonl import append_jsonl, read_jsonl, write_jsonl
+
 
 class MetricsLogger:
-    """Appends one JSON row per step (flushed at once, so a killed run keeps its rows)."""
+    """Appends one JSON row per step to ``metrics.jsonl`` (``append_jsonl``: flushed at once, so
+    a killed run keeps its rows) and the scalars to TensorBoard."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, keep_upto: int | None = None):
         self.run_dir = run_dir
@@ -17,10 +19,9 @@ class MetricsLogger:
         if keep_upto is not None and self.path.exists():
             # Resuming: rows after the checkpoint were made by the killed process; drop them
             # so the file reads as one unbroken run.
-            rows = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
-            kept = [r for r in rows if r.get("step", 0) <= keep_upto]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        self._f = self.path.open("a", encoding="utf-8")
+            kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= keep_upto]
+            write_jsonl(self.path, kept)
+        self.path.touch()  # a run dir has its metrics file from the start (``RUN_MARKERS``)
         self._tb: Any = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -28,27 +29,23 @@ class MetricsLogger:
             self._tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def log(self, row: dict[str, Any]) -> None:
-        self._f.write(json.dumps(row) + "\n")
-        self._f.flush()
+        append_jsonl(self.path, [row])
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, int | float):
                     self._tb.add_scalar(k, v, row["step"])
 
     def samples(self, step: int, items: list[dict[str, Any]]) -> None:
-        with (self.run_dir / "samples.jsonl").open("a", encoding="utf-8") as f:
-            for it in items:
-                f.write(json.dumps({"step": step, **it}, ensure_ascii=False) + "\n")
+        append_jsonl(self.run_dir / "samples.jsonl", [{"step": step, **it} for it in items])
 
     def close(self) -> None:
-        self._f.close()
         if self._tb is not None:
             self._tb.close()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    p = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+    """The rows of ``<run_dir>/metrics.jsonl`` (a missing file or bad line: DataError)."""
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 # Panels of a training run's curves, in order; absent or duplicate series are left out.
