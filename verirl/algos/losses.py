@@ -68,13 +68,25 @@ def clipped_policy_loss(
     """
     adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages  # [B, 1] | [B, T]
     log_ratio = (logp - old_logp.detach()).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)  # [B, T]
-    ratio = torch.exp(log_ratio)
+    return clipped_surrogate(torch.exp(log_ratio), adv, mask, clip_low, clip_high)
+
+
+def clipped_surrogate(
+    ratio: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clip both PPO (a token's ratio) and GSPO (its sequence's ratio) apply:
+    −min(ρ A, clip(ρ, 1 − ε_low, 1 + ε_high) A) per token [B, T], 0 outside the mask, and
+    where the clipped branch wins strictly [B, T] bool. ratio, mask: [B, T]; adv: [B, 1] | [B, T].
+    """
     surrogate = ratio * adv  # [B, T]
     surrogate_clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv  # [B, T]
     loss = -torch.min(surrogate, surrogate_clipped)
     m = mask > 0
-    clipped = (surrogate_clipped < surrogate) & m
-    return torch.where(m, loss, 0.0), clipped
+    return torch.where(m, loss, 0.0), (surrogate_clipped < surrogate) & m
 
 
 # --- aggregation: per-token losses [B, T] -> one scalar, by name -------------------------------

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from verirl.algos.losses import MAX_LOG_RATIO, clipped_policy_loss
+from verirl.algos.losses import MAX_LOG_RATIO, clipped_policy_loss, clipped_surrogate
 
 
 @dataclass(frozen=True)
@@ -121,12 +121,7 @@ def gspo_loss(
     log_s = log_ratio.sum(-1) / m.sum(-1).clamp(min=1)  # [B] log s_i, no gradient
     log_s = log_s.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
     s = torch.exp(log_s.unsqueeze(-1) + logp - logp.detach())  # [B, T] value s_i, grad via logp
-    adv = _tokens(advantages)  # [B, 1] | [B, T]
-    surrogate = s * adv
-    surrogate_clipped = s.clamp(1.0 - p.clip_low, 1.0 + p.clip_high) * adv
-    loss = -torch.min(surrogate, surrogate_clipped)  # [B, T]
-    clipped = (surrogate_clipped < surrogate) & m
-    return torch.where(m, loss, 0.0), clipped
+    return clipped_surrogate(s, _tokens(advantages), mask, p.clip_low, p.clip_high)
 
 
 @register_policy_loss("cispo")
