@@ -18,29 +18,16 @@ from typing import Any
 
 import torch
 
-from verirl.algos import token_logprobs
 from verirl.algos.preference import dpo_metrics, preference_loss
 from verirl.rollout.base import end_token_ids
 from verirl.train import checkpoint as ckpt
 from verirl.train.config import check_device
 from verirl.train.dpo_config import DpoAlgo, DpoConfig
-from verirl.train.model import Batch, Reference, forward_logits, load_policy, resolve_forward
+from verirl.train.model import Reference, load_policy, resolve_forward, sequence_logps
 from verirl.train.pairwise import Pair, load_pairs, pack_pairs, pairs_command, train_pairs
 from verirl.train.run import make_run_dir
 
 DPO_CURVES = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen")
-
-
-def sequence_logps(
-    model: Any, batch: Batch, forward: str = "auto"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ_t∈completion log π(o_t | q, o_<t) per row [R], completion tokens per row [R]).
-    `forward`: ``forward_logits``' choice, the same for π_θ and π_ref."""
-    first = batch.first_target()  # prompt columns no row has a completion token in
-    logits, _ = forward_logits(model, batch, start=first, forward=forward)
-    mask = batch.mask[:, first:]  # [R, T']
-    logp = token_logprobs(logits, batch.targets[:, first:])  # [R, T']
-    return (logp * mask).sum(-1), mask.sum(-1)
 
 
 def dpo_update(
@@ -121,6 +108,4 @@ def dpo_command(
     config: str | None, overrides: list[str], resume: str | None = None, overwrite: bool = False
 ) -> int:
     """``verirl dpo CONFIG [key=value]`` or ``verirl dpo --resume RUN_DIR [key=value]``."""
-    out = pairs_command(DpoConfig, dpo, "dpo", config, overrides, resume, overwrite)
-    print(f"dpo done: wrote {out} (model in {out / 'final'})")
-    return 0
+    return pairs_command(DpoConfig, dpo, "dpo", config, overrides, resume, overwrite)

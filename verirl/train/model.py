@@ -16,7 +16,11 @@ import torch
 from torch import nn
 
 from verirl.algos import adapters_disabled, ema_update, frozen_copy
-from verirl.algos.logprobs import head_token_logprobs_and_entropy, token_logprobs_and_entropy
+from verirl.algos.logprobs import (
+    head_token_logprobs_and_entropy,
+    token_logprobs,
+    token_logprobs_and_entropy,
+)
 from verirl.errors import ConfigError
 from verirl.lean_model import (
     SUPPORTED,
@@ -259,28 +263,50 @@ def forward_logprobs(
     return lp, ent, h
 
 
+def sequence_logps(
+    model: Any, batch: Batch, forward: str = "auto", temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ_t∈completion log π(o_t | q, o_<t) per row [R], completion tokens per row [R]), the
+    sequence log-likelihood DPO (offline and online) compares with π_ref's. The prompt columns
+    no row has a completion token in are left out of the forward (``Batch.first_target``);
+    `forward` and `temperature` as for ``forward_logits`` and ``token_logprobs``."""
+    first = batch.first_target()
+    logits, _ = forward_logits(model, batch, start=first, forward=forward)
+    mask = batch.mask[:, first:]  # [R, T']
+    logp = token_logprobs(logits, batch.targets[:, first:], temperature=temperature)  # [R, T']
+    return (logp * mask).sum(-1), mask.sum(-1)
+
+
 def _use_lean(model: Any, batch: Batch, forward: str) -> bool:
     lean = forward == "lean" or (forward == "auto" and AUTO_LEAN and lean_by_default(model))
     return lean and _lean_ok(model, batch)
 
 
+SharedPrompts = tuple[list[int], list[list[int]], list[int], list[list[int]]]
+
+
+def _shared_prompts(batch: Batch) -> SharedPrompts | None:
+    """(prompt lengths, *``shared_prompt_rows`` plan) when rows share prompts and sharing is on:
+    the extra arguments of ``train_hidden_shared``/``train_forward_shared``; else None."""
+    if not SHARE_PROMPTS or batch.prompt_lens is None:
+        return None
+    lengths = batch.attention_mask.sum(-1).tolist()
+    prompt_lens = batch.prompt_lens.tolist()
+    plan = shared_prompt_rows(batch.input_ids, lengths, prompt_lens)
+    return None if plan is None else (prompt_lens, *plan)
+
+
 def _lean_hidden(model: Any, batch: Batch, start: int) -> torch.Tensor:
-    if SHARE_PROMPTS and batch.prompt_lens is not None:
-        lengths = batch.attention_mask.sum(-1).tolist()
-        prompt_lens = batch.prompt_lens.tolist()
-        plan = shared_prompt_rows(batch.input_ids, lengths, prompt_lens)
-        if plan is not None:
-            return train_hidden_shared(model, batch.input_ids, prompt_lens, *plan, start=start)
+    shared = _shared_prompts(batch)
+    if shared is not None:
+        return train_hidden_shared(model, batch.input_ids, *shared, start=start)
     return train_hidden(model, batch.input_ids, start)
 
 
 def _lean_forward(model: Any, batch: Batch, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if SHARE_PROMPTS and batch.prompt_lens is not None:
-        lengths = batch.attention_mask.sum(-1).tolist()
-        prompt_lens = batch.prompt_lens.tolist()
-        plan = shared_prompt_rows(batch.input_ids, lengths, prompt_lens)
-        if plan is not None:
-            return train_forward_shared(model, batch.input_ids, prompt_lens, *plan, start=start)
+    shared = _shared_prompts(batch)
+    if shared is not None:
+        return train_forward_shared(model, batch.input_ids, *shared, start=start)
     return train_forward(model, batch.input_ids, start)
 
 

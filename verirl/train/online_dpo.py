@@ -18,9 +18,8 @@ from typing import Any
 
 import torch
 
-from verirl.algos import token_logprobs
 from verirl.algos.preference import best_worst_pairs, dpo_metrics, preference_loss
-from verirl.train.model import Batch, forward_logits
+from verirl.train.model import Batch, sequence_logps
 
 
 def pair_rows(
@@ -39,16 +38,6 @@ def pair_rows(
     chosen, rejected = (base + best)[has_pair], (base + worst)[has_pair]
     n = float(has_pair.sum())
     return chosen, rejected, {"dpo/pairs": n, "dpo/groups_skipped": float(p) - n}
-
-
-def _sequence_logps(
-    model: Any, batch: Batch, temperature: float, forward: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    first = batch.first_target()
-    logits, _ = forward_logits(model, batch, start=first, forward=forward)
-    mask = batch.mask[:, first:]  # [R, T']
-    logp = token_logprobs(logits, batch.targets[:, first:], temperature=temperature)
-    return (logp * mask).sum(-1), mask.sum(-1)  # [R] each
 
 
 def online_dpo_update(
@@ -85,7 +74,7 @@ def online_dpo_update(
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
     for s in range(0, n, per):
         rows = torch.cat([chosen[s : s + per], rejected[s : s + per]])  # [2b]
-        logps, tokens = _sequence_logps(policy, batch.slice(rows), temperature, forward)
+        logps, tokens = sequence_logps(policy, batch.slice(rows), forward, temperature)
         c, r = (logps - ref_seq[rows]).chunk(2)  # [b] sequence log-ratios
         nc, nr = tokens.chunk(2)
         loss = preference_loss(loss_type, c, r, beta, 0.0, nc, nr)

@@ -243,10 +243,12 @@ def pairs_command(
     overrides: list[str],
     resume: str | None = None,
     overwrite: bool = False,
-) -> Path:
+    what: str = "model",
+) -> int:
     """``verirl COMMAND CONFIG [key=value]`` or ``verirl COMMAND --resume RUN_DIR [key=value]``
     (the run's own config.yaml with the overrides on top, e.g. ``train.steps=200`` to extend
-    it). `run(cfg, overwrite=, unique=, resume_dir=)` does the work."""
+    it). `run(cfg, overwrite=, unique=, resume_dir=)` does the work; the last line says where
+    `what` (the final model) is. Returns the exit code."""
     from verirl.train.cli import split_config_arg
 
     config, overrides = split_config_arg(config, overrides)
@@ -255,12 +257,15 @@ def pairs_command(
             raise ConfigError(f"verirl {command}: give a CONFIG file, or --resume RUN_DIR")
         cfg = load_config(config_cls, config, overrides)
         named = any(o.split("=", 1)[0] == "name" for o in overrides)
-        return run(cfg, overwrite=overwrite, unique=not named)
-    if overwrite or config is not None:
-        raise ConfigError("--resume continues a run with its own config: drop CONFIG and "
-                          "--overwrite (key=value overrides still apply)")  # fmt: skip
-    saved = Path(resume) / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"--resume {resume}: no config.yaml there; not a run directory")
-    data = deep_merge(read_yaml(saved), parse_overrides(overrides))
-    return run(validate_config(config_cls, data, str(saved)), resume_dir=Path(resume))
+        out = run(cfg, overwrite=overwrite, unique=not named)
+    else:
+        if overwrite or config is not None:
+            raise ConfigError("--resume continues a run with its own config: drop CONFIG and "
+                              "--overwrite (key=value overrides still apply)")  # fmt: skip
+        saved = Path(resume) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {resume}: no config.yaml there; not a run directory")
+        data = deep_merge(read_yaml(saved), parse_overrides(overrides))
+        out = run(validate_config(config_cls, data, str(saved)), resume_dir=Path(resume))
+    print(f"{command} done: wrote {out} ({what} in {out / 'final'})")
+    return 0

@@ -196,6 +196,4 @@ def rm_command(
     config: str | None, overrides: list[str], resume: str | None = None, overwrite: bool = False
 ) -> int:
     """``verirl rm CONFIG [key=value]`` or ``verirl rm --resume RUN_DIR [key=value]``."""
-    out = pairs_command(RmConfig, rm, "rm", config, overrides, resume, overwrite)
-    print(f"rm done: wrote {out} (reward model in {out / 'final'})")
-    return 0
+    return pairs_command(RmConfig, rm, "rm", config, overrides, resume, overwrite, "reward model")
