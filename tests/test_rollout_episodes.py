@@ -18,12 +18,12 @@ from verirl.envs.base import Environment, Row
 from verirl.envs.multiturn import Episode, InfraError, Turn
 from verirl.rewards.result import RewardResult
 
+from verirl.prompts import render_prompt
 from verirl.rollout import episodes as episodes_module
 from verirl.rollout.base import RolloutEngine, SamplingParams
 from verirl.rollout.episodes import episode_metrics, run_episodes
 from verirl.rollout.hf import HFRolloutEngine
 from verirl.rollout.turns import plain_text
-from verirl.train.model import render_prompt
 
 
 class ScriptedEnv(Environment):

@@ -29,13 +29,14 @@ at once for different episodes: environments must allow that (each episode has i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from verirl.envs.base import Environment, Prompt, Row
 from verirl.envs.multiturn import Episode, InfraError, Message, Turn
+from verirl.prompts import render_prompt
 from verirl.rewards.result import RewardResult
 from verirl.rollout.base import Completion, RolloutEngine, SamplingParams, end_token_ids
 from verirl.rollout.turns import render_messages, uses_template
@@ -98,7 +99,6 @@ def run_episodes(
     max_tokens: int | None = None,
     pool: ThreadPoolExecutor | None = None,
     batch_frac: float = 0.5,
-    render: Callable[[Prompt], str] | None = None,
 ) -> EpisodeBatch:
     """Run `n` episodes of every row of `env` to the end and score them (module docstring).
 
@@ -106,9 +106,9 @@ def run_episodes(
     caps all tokens after the prompt, so each turn gets at most what remains. `max_turns`
     lowers ``env.max_turns``. ``env.turn_stop`` is added to the stop strings. `pool` runs
     ``respond``/``score_episode`` (default: a pool of this call, one thread per episode up to
-    32). `render` turns a prompt into the text the engine continues (default: the trainer's
-    ``render_prompt`` with `chat_template`); the environment's messages follow the template
-    exactly when the prompt did (``uses_template``).
+    32). Prompts are rendered by ``verirl.prompts.render_prompt`` with `chat_template`, as
+    training and evals render them; the environment's messages follow the template exactly
+    when the prompt did (``uses_template``).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -121,11 +121,12 @@ def run_episodes(
     if turn_limit < 1:
         raise ValueError(f"max_turns must be >= 1, got {turn_limit}")
     sp = replace(sampling, stop=tuple(dict.fromkeys((*sampling.stop, *env.turn_stop))))
-    if render is None:
-        render = _default_render(tokenizer, chat_template)
     end_ids = set(getattr(engine, "end_ids", None) or end_token_ids(tokenizer))
     prompts = [env.prompt(r) for r in rows]
-    prompt_ids = [tokenizer(render(p), add_special_tokens=False)["input_ids"] for p in prompts]
+    prompt_ids = [
+        tokenizer(render_prompt(p, tokenizer, chat_template), add_special_tokens=False)["input_ids"]
+        for p in prompts
+    ]
 
     trajs = []
     for i, (row, prompt) in enumerate(zip(rows, prompts, strict=True)):
@@ -292,19 +293,6 @@ def _messages(prompt: Prompt) -> list[Message]:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     return [dict(m) for m in prompt]
-
-
-def _default_render(tokenizer: Any, chat_template: str) -> Callable[[Prompt], str]:
-    from verirl.train.model import render_prompt
-
-    mode = "auto" if chat_template == "always" else chat_template
-
-    def render(prompt: Prompt) -> str:
-        if chat_template == "always" and isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        return render_prompt(prompt, tokenizer, mode)
-
-    return render
 
 
 def _infra(env: Environment, where: str, e: BaseException) -> RewardResult:

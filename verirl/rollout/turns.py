@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from verirl.errors import ConfigError
+from verirl.prompts import uses_chat_template
 
 Message = dict[str, str]
 
@@ -52,8 +53,8 @@ _DUMMY: list[Message] = [
 
 
 def uses_template(prompt: str | Sequence[Message], tokenizer: Any, chat_template: str) -> bool:
-    """Whether the prompt was rendered through the chat template (``render_prompt``'s rule:
-    chat messages with mode ``auto``; mode ``always`` wraps text too), so environment messages
+    """Whether the prompt was rendered through the chat template (``verirl.prompts``' rule:
+    chat messages under mode ``auto``, every prompt under ``always``), so environment messages
     must be rendered by the template's delta as well.
 
     >>> class Tok: chat_template = "{{ x }}"
@@ -64,7 +65,7 @@ def uses_template(prompt: str | Sequence[Message], tokenizer: Any, chat_template
     >>> uses_template([{"role": "user", "content": "hi"}], Tok(), "never")
     False
     """
-    if chat_template == "never" or not getattr(tokenizer, "chat_template", None):
+    if not uses_chat_template(tokenizer, chat_template):
         return False
     return chat_template == "always" or not isinstance(prompt, str)
 
