@@ -82,8 +82,9 @@ class RewardModelEnv(Environment):
         """r_φ(prompt, completion) for each pair, in batches (the model loads on first use)."""
         import torch
 
+        from verirl.prompts import render_prompt
         from verirl.rollout.base import end_token_ids
-        from verirl.train.model import pack, render_prompt
+        from verirl.train.model import pack
         from verirl.train.rm import load_reward_model, scores
 
         if self._model is None:

@@ -68,7 +68,7 @@ def curate_round(
     import torch
 
     from verirl.algos.preference import best_worst_pairs
-    from verirl.train.model import render_prompt
+    from verirl.prompts import render_prompt
 
     t0 = time.perf_counter()
     prompts = [env.prompt(r) for r in rows]
