@@ -179,12 +179,14 @@ def _curate(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     if args.compare:  # GRPO, PPO, online DPO, RFT, DPO side by side (verirl/compare.py)
+        if args.task != "math":
+            raise UserError("demo: --compare runs on the math task; drop --task")
         from verirl.compare import main as compare_main
 
         return compare_main(args.out or "runs/compare")
-    from verirl.demo import main as demo_main
+    from verirl.demo import run_task
 
-    return demo_main(args.out or "runs/demo")
+    return run_task(args.task, args.out)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -271,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument(
         "--compare", action="store_true",
         help="compare GRPO, PPO, online DPO, RFT and DPO from the demo's SFT base",
+    )  # fmt: skip
+    de.add_argument(
+        "--task", choices=("math", "tools"), default="math",
+        help="math: addition (runs/demo); tools: learn to call a sandboxed Python tool "
+        "(runs/demo-tools; needs Docker)",
     )  # fmt: skip
     de.set_defaults(func=_demo)
 

@@ -38,13 +38,13 @@ DEMO_OUTPUTS = ("tiny-model", "sft_data.jsonl", "sft", "grpo", "eval", "summary.
 MARKER = ".verirl-demo"
 
 
-def clear_demo_outputs(out: Path) -> list[str]:
+def clear_demo_outputs(out: Path, outputs: Sequence[str] = DEMO_OUTPUTS) -> list[str]:
     """Delete what an earlier demo wrote in `out` (the names its marker lists, else
-    ``DEMO_OUTPUTS``); returns the names of the other entries, which are left alone."""
+    `outputs`, this demo's names); returns the names of the other entries, left alone."""
     marker = out / MARKER
-    mine = set(DEMO_OUTPUTS)
+    mine = set(outputs)
     if marker.is_file():
-        mine &= set(json.loads(marker.read_text()).get("outputs", DEMO_OUTPUTS))
+        mine &= set(json.loads(marker.read_text()).get("outputs", outputs))
     kept = []
     for entry in sorted(out.iterdir()) if out.is_dir() else []:
         if entry.name in mine:
@@ -88,6 +88,18 @@ def write_sft_data(
         rows.append({"prompt": env.prompt(row), "completion": completion(row, answer)})
     write_jsonl(path, rows)
     return path
+
+
+def run_task(task: str, out_dir: str | None = None) -> int:
+    """``verirl demo --task TASK``: ``math`` (this module, into runs/demo) or ``tools``
+    (``verirl.demo_tools``: learning to call a sandboxed Python tool, into runs/demo-tools)."""
+    if task == "tools":
+        from verirl.demo_tools import main as tools_main
+
+        return tools_main(out_dir or "runs/demo-tools")
+    if task != "math":
+        raise ValueError(f"demo task must be 'math' or 'tools', got {task!r}")
+    return main(out_dir or "runs/demo")
 
 
 def main(
