@@ -38,7 +38,7 @@ class Environment(ABC):
     fields: ClassVar[tuple[str, ...]] = ()
     example_row: ClassVar[Row] = {}
     # ---- turns (``verirl.envs.multiturn``): a single-turn env is the one-turn case ----------
-    max_turns: ClassVar[int] = 1  # model turns per episode (``rollout.max_turns`` may lower it)
+    max_turns: int = 1  # model turns per episode; an instance may set its own (``rollout.max_turns`` may lower it)
     turn_stop: ClassVar[tuple[str, ...]] = ()  # stop strings that end a model turn (``</python>``)
     protocol: ClassVar[str] = "single turn: one prompt, one completion, one score"
 

@@ -84,7 +84,7 @@ class CodeFeedbackEnv(_FunctionTestEnv):
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         # The class default is the option's default; an option sets this instance's limit.
-        self.max_turns = max_turns  # type: ignore[misc]
+        self.max_turns = max_turns
         self.feedback, self.prompt_style = feedback, prompt_style
         self._pool_lock = threading.Lock()
 

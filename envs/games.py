@@ -66,7 +66,7 @@ class GuessNumberEnv(Environment):
             raise ValueError(f"prompt_style must be 'chat' or 'text', got {prompt_style!r}")
         self.seed, self.low, self.high, self.prompt_style = seed, low, high, prompt_style
         # The class default is the option's default; an option sets this instance's limit.
-        self.max_turns = max_turns  # type: ignore[misc]
+        self.max_turns = max_turns
         self.sizes = {"train": train_size, "test": test_size}
 
     @cache  # noqa: B019 - environments live for a whole run; the cache is the dataset

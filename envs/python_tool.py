@@ -276,7 +276,7 @@ class PythonToolEnv(Environment):
         self.data, self.seed, self.tasks = data, seed, names
         self.sizes = {"train": train_size, "test": test_size}
         # The class default is the option's default; an option sets this instance's limit.
-        self.max_turns = max_turns  # type: ignore[misc]
+        self.max_turns = max_turns
         self.prompt_template, self.prompt_style, self.tool_role = template, prompt_style, tool_role
         self.timeout, self.memory_mb, self.output_chars = timeout, memory_mb, output_chars
         self.last_number_fallback, self.test_fraction = last_number_fallback, test_fraction
