@@ -209,24 +209,35 @@ def _head(model: Any, h: torch.Tensor, norm: Norm) -> torch.Tensor:
     return F.linear(h, model.lm_head.weight, _bias(model.lm_head))
 
 
-def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Any:
-    """softmax(q·kᵀ·scale + causal)·v for q [B, nh, L, hd], k/v [B, nkv, L, hd].
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """softmax(q·kᵀ·scale + bias)·v for q [B, nh, Tq, hd], k/v [B, nkv, Tk, hd] -> [B, nh, Tq, hd]:
+    the one attention of training, prefill and decode. `bias` is additive (0 where a query may
+    see a key, −inf elsewhere; every query sees one), broadcastable to [B, 1, Tq, Tk]; None is
+    causal (Tq = Tk).
 
-    On CPU with short sequences, as batched GEMMs over the explicit score matrix: the query
-    heads sharing a K/V head are stacked along rows (no K/V copies); the CPU flash kernel,
-    tiled for long sequences, takes about twice as long forward and backward at L < 100.
-    Long sequences and GPUs use ``scaled_dot_product_attention`` (memory O(L))."""
-    b, nh, t, hd = q.shape
-    nkv = k.shape[1]
-    if q.device.type != "cpu" or b * nh * t * t > EXPLICIT_ATTENTION_ELEMENTS:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                              enable_gqa=nkv != nh)  # fmt: skip
+    On CPU with small score matrices, as batched GEMMs over the explicit scores: the query heads
+    sharing a K/V head are stacked along rows (transformers' repeat_kv order, no K/V copies);
+    the CPU flash kernel, tiled for long sequences, takes about twice as long forward and
+    backward at L < 100. Larger ones and GPUs use ``scaled_dot_product_attention`` (memory O(L))."""
+    b, nh, tq, hd = q.shape
+    nkv, tk = k.shape[1], k.shape[2]
+    if q.device.type != "cpu" or b * nh * tq * tk > EXPLICIT_ATTENTION_ELEMENTS:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=bias is None,
+                                              scale=scale, enable_gqa=nkv != nh)  # fmt: skip
     g = nh // nkv
-    causal = torch.full((t, t), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
-    s = torch.baddbmm(causal.repeat(g, 1).expand(b * nkv, g * t, t),
-                      q.reshape(b * nkv, g * t, hd), k.reshape(b * nkv, t, hd).transpose(1, 2),
-                      alpha=scale)  # fmt: skip  # [B·nkv, g·L, L]
-    return torch.bmm(s.softmax(-1), v.reshape(b * nkv, t, hd)).view(b, nh, t, hd)
+    if bias is None:
+        bias = torch.full((1, 1, tq, tk), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
+    # the bias of each stacked row [B·nkv, g·Tq, Tk]: one for all rows (no copy) or per row
+    if bias.shape[0] == 1:
+        rows = bias[0, 0].expand(tq, tk).repeat(g, 1).expand(b * nkv, g * tq, tk)
+    else:
+        rows = bias[:, :, None].expand(b, nkv, g, tq, tk).reshape(b * nkv, g * tq, tk)
+    s = torch.baddbmm(rows, q.reshape(b * nkv, g * tq, hd),
+                      k.reshape(b * nkv, tk, hd).transpose(1, 2), alpha=scale)  # fmt: skip
+    return torch.bmm(s.softmax(-1), v.reshape(b * nkv, tk, hd)).view(b, nh, tq, hd)
 
 
 def train_forward(
@@ -249,7 +260,7 @@ def train_hidden(model: Any, input_ids: torch.Tensor, start: int = 0) -> torch.T
     rope = _roper(cos[:, None], sin_rot[:, None])  # [L, 1, hd] against [B, L, heads, hd]
 
     def attend(L: _Layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        o = _causal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), L.scale)
+        o = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), L.scale)
         return o.transpose(1, 2).reshape(b, t, -1)  # type: ignore[no-any-return]
 
     h = F.embedding(input_ids, inner.embed_tokens.weight)  # [B, L, H]
@@ -317,7 +328,6 @@ def train_hidden_shared(
     b, width = input_ids.shape
     dev = input_ids.device
     nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
-    g = nh // nkv
     u, lp = len(prompts), max(len(p) for p in prompts)
     lc = max(len(c) for c in completions)
     pad = prompts[0][0]  # any valid token id: padded positions are never read back
@@ -334,12 +344,8 @@ def train_hidden_shared(
     key = torch.arange(lp + lc, device=dev)
     seen = torch.where(key < lp, key[None, None] < plen[:, None, None],
                        (key - lp)[None, None] <= torch.arange(lc, device=dev)[None, :, None])  # fmt: skip
-    explicit = dev.type == "cpu" and b * nh * lc * (lp + lc) <= EXPLICIT_ATTENTION_ELEMENTS
-    bias = None
-    if explicit:  # additive bias, query heads sharing a K/V head stacked along rows
-        bias = torch.zeros(seen.shape, dtype=inner.embed_tokens.weight.dtype, device=dev)
-        bias = bias.masked_fill_(~seen, float("-inf"))[:, None, None]
-        bias = bias.expand(b, nkv, g, lc, lp + lc).reshape(b * nkv, g * lc, lp + lc)
+    bias = torch.zeros(seen.shape, dtype=inner.embed_tokens.weight.dtype, device=dev)
+    bias = bias.masked_fill_(~seen, float("-inf"))[:, None]  # [B, 1, Lc, Lp+Lc]
 
     def attend(L: _Layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         hd = L.hd
@@ -351,19 +357,10 @@ def train_hidden_shared(
             return t[n_p:].reshape(b, lc, heads, hd).transpose(1, 2)
 
         kp, vp = prompt_part(k, nkv), prompt_part(v, nkv)
-        o_p = _causal_attention(prompt_part(q, nh), kp, vp, L.scale)  # [U, nh, Lp, hd]
+        o_p = attention(prompt_part(q, nh), kp, vp, L.scale)  # [U, nh, Lp, hd]
         keys = torch.cat([kp[of], completion_part(k, nkv)], dim=2)  # [B, nkv, Lp+Lc, hd]
         values = torch.cat([vp[of], completion_part(v, nkv)], dim=2)
-        qc = completion_part(q, nh)  # [B, nh, Lc, hd]
-        if bias is not None:
-            s = torch.baddbmm(bias, qc.reshape(b * nkv, g * lc, hd),
-                              keys.reshape(b * nkv, lp + lc, hd).transpose(1, 2),
-                              alpha=L.scale)  # fmt: skip
-            o_c = torch.bmm(s.softmax(-1), values.reshape(b * nkv, lp + lc, hd))
-            o_c = o_c.view(b, nh, lc, hd)
-        else:
-            o_c = F.scaled_dot_product_attention(qc, keys, values, attn_mask=seen[:, None],
-                                                 scale=L.scale, enable_gqa=nkv != nh)  # fmt: skip
+        o_c = attention(completion_part(q, nh), keys, values, L.scale, bias)  # [B, nh, Lc, hd]
         return torch.cat([o_p.transpose(1, 2).reshape(n_p, nh * hd),
                           o_c.transpose(1, 2).reshape(b * lc, nh * hd)])  # fmt: skip
 
@@ -416,15 +413,15 @@ class LeanDecoder:
         self.neg[:, :t].masked_fill_(~valid[rows], float("-inf"))
         # causal, and a padding query attends to itself (never all-masked)
         eye = torch.eye(t, dtype=torch.bool, device=ids.device)
-        mask = (valid[:, None, None, :] & eye.cumsum(0).bool()) | eye  # [U, 1, T, T]
+        seen = (valid[:, None, None, :] & eye.cumsum(0).bool()) | eye  # [U, 1, T, T]
+        bias = torch.zeros(seen.shape, dtype=self.neg.dtype, device=ids.device)
+        bias = bias.masked_fill_(~seen, float("-inf"))
 
         def attend(L: _Layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [U, heads, T, hd]
             self.k[L.index][:, :, :t] = k[rows]
             self.v[L.index][:, :, :t] = v[rows]
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=L.scale,
-                                               enable_gqa=L.nkv != L.nh)  # fmt: skip
-            return o.transpose(1, 2).reshape(u, t, -1)
+            return attention(q, k, v, L.scale, bias).transpose(1, 2).reshape(u, t, -1)
 
         rope = _roper(self.cos[pos][:, :, None], self.sin_rot[pos][:, :, None])  # [U, T, 1, hd]
         h = F.embedding(ids, self.model.model.embed_tokens.weight)  # [U, T, H]
@@ -442,11 +439,8 @@ class LeanDecoder:
             kc, vc = self.k[L.index], self.v[L.index]  # [B, nkv, max_len, hd]
             kc[:, :, end - 1] = k
             vc[:, :, end - 1] = v
-            g = L.nh // L.nkv
-            # query heads kv·g … kv·g+g−1 share K/V head kv (transformers' repeat_kv order)
-            s = torch.matmul(q.reshape(b, L.nkv, g, L.hd), kc[:, :, :end].transpose(-1, -2))
-            p = torch.add(neg, s, alpha=L.scale).softmax(-1)  # [B, nkv, g, end]
-            return torch.matmul(p, vc[:, :, :end]).view(b, L.nh * L.hd)
+            o = attention(q[:, :, None], kc[:, :, :end], vc[:, :, :end], L.scale, neg)
+            return o.view(b, L.nh * L.hd)  # from [B, nh, 1, hd]
 
         rope = _roper(self.cos[pos][:, None], self.sin_rot[pos][:, None])  # [B, 1, hd]
         h = F.embedding(ids, self.model.model.embed_tokens.weight)  # [B, H]

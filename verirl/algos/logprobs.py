@@ -1,12 +1,23 @@
-"""Log-probabilities of chosen tokens and entropies from logits, without a [B, T, V] float32 copy.
+"""Log-probabilities of chosen tokens and entropies, without a [B, T, V] float32 copy.
 
 The obvious ``log_softmax(logits.float()).gather(...)`` materialises the float32 upcast *and* the
 log-softmax, each B·T·V floats, and autograd keeps the log-softmax for the backward pass: with a
-150k vocabulary, 8 × 1024 tokens is 4.9 GB per copy. Here the forward pass works on blocks of
-``chunk_tokens`` positions and keeps only the per-position log-normaliser; the backward pass
-recomputes the softmax block by block, ∂ log p(tok)/∂z_v = (1[v = tok] − p_v) / temperature, and returns the
-gradient in the logits' own dtype. Both log-prob and entropy are computed in (at least) float32:
-bf16 carries ~3 significant digits, too few for a log-normaliser over 10⁵ terms.
+150k vocabulary, 8 × 1024 tokens is 4.9 GB per copy. ``_TokenLogprobs`` instead works on blocks
+of ``chunk_tokens`` positions and keeps only the per-position log-normaliser; the backward pass
+forms the softmax again block by block, ∂ log p(tok)/∂z_v = (1[v = tok] − p_v) / τ.
+
+One function serves two sources of a block's logits z:
+
+- the logits themselves (``token_logprobs``): the gradient is ∂z, in the logits' own dtype;
+- the last hidden state and the LM head (``head_token_logprobs_and_entropy``): z = h·Wᵀ + b is
+  projected block by block and the backward pass turns each block's ∂z straight into
+  ∂h = ∂z·W, ∂W += ∂zᵀ·h, ∂b += Σ ∂z (the liger-kernel "fused linear cross-entropy" idea, in
+  plain torch), so no [B, T, V] gradient exists. With ``keep_logits`` the projected logits are
+  kept for the backward (B·T·V floats, no second head matmul); without, each block is projected
+  again (one more head matmul, memory O(chunk_tokens · V)).
+
+Both log-prob and entropy are computed in (at least) float32: bf16 carries ~3 significant digits,
+too few for a log-normaliser over 10⁵ terms.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 
@@ -32,6 +44,9 @@ def _blocks(b: int, t: int, chunk_tokens: int) -> Iterator[tuple[slice, slice]]:
 # temporary, i.e. 220 positions of a 152k vocabulary or 1024 of a 32k one. Blocks that size
 # still saturate a GPU; the limit matters for memory, not speed.
 BLOCK_ELEMENTS = 2**25
+# ``head_token_logprobs_and_entropy`` keeps the projected logits for the backward pass up to this
+# many elements (1 GiB in float32) and projects each block again above it.
+KEEP_LOGITS_ELEMENTS = 2**28
 
 
 def _chunk(chunk_tokens: int | None, vocab: int) -> int:
@@ -42,37 +57,71 @@ def _chunk(chunk_tokens: int | None, vocab: int) -> int:
     return chunk_tokens
 
 
-def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
-    # float32 for fp16/bf16/fp32 logits; float64 stays float64 (gradcheck).
-    return torch.promote_types(logits.dtype, torch.float32)
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    # float32 for fp16/bf16/fp32 inputs; float64 stays float64 (gradcheck).
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _check(x: torch.Tensor, tokens: torch.Tensor, temperature: float, what: str) -> None:
+    if x.shape[:-1] != tokens.shape:
+        raise ValueError(f"{what} {tuple(x.shape)} do not match tokens {tuple(tokens.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _block_logits(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, r: slice, c: slice
+) -> torch.Tensor:
+    """Logits of block (r, c) [b, t, V]: x itself, or the head's projection of hidden x."""
+    return x[r, c] if weight is None else F.linear(x[r, c], weight, bias)
+
+
+def _logit_grad(
+    z: torch.Tensor, lse: torch.Tensor, tokens: torch.Tensor, g: torch.Tensor, tau: float
+) -> torch.Tensor:
+    """∂(g · log softmax(z/τ)[tok])/∂z = g · (1[v = tok] − p_v) / τ for one block (z unscaled)."""
+    zs = z.to(lse.dtype)
+    zs = zs / tau if tau != 1.0 else zs
+    g = g.unsqueeze(-1).to(lse.dtype)  # [b, t, 1]
+    out = (zs - lse.unsqueeze(-1)).exp_().mul_(-g)  # −p_v · g
+    return out.scatter_add_(-1, tokens.unsqueeze(-1), g).div_(tau)  # + 1[v = tok] · g
 
 
 class _TokenLogprobs(torch.autograd.Function):
-    """log softmax(z / τ)[tok] with a chunked, recomputing backward (see the module docstring)."""
+    """log softmax(z / τ)[tok] (and the entropy) block by block, z = x (weight None) or
+    x·Wᵀ + b; the backward forms each block's softmax again (see the module docstring)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
-        logits: torch.Tensor,
-        tokens: torch.Tensor,
+        x: torch.Tensor,  # [B, T, V] logits, or [B, T, H] hidden states with `weight`
+        weight: torch.Tensor | None,  # [V, H] LM head
+        bias: torch.Tensor | None,  # [V]
+        tokens: torch.Tensor,  # [B, T]
         chunk_tokens: int,
         temperature: float,
         with_entropy: bool,
+        keep_logits: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = _compute_dtype(logits)
-        out = torch.empty(tokens.shape, dtype=dtype, device=logits.device)  # [B, T]
+        dtype = _compute_dtype(x)
+        out = torch.empty(tokens.shape, dtype=dtype, device=x.device)  # [B, T]
         lse = torch.empty_like(out)  # [B, T] log Σ_v exp(z_v / τ)
         ent = torch.empty_like(out) if with_entropy else out.new_empty(0)  # [B, T]
+        kept = None
+        if weight is not None and keep_logits:  # [B, T, V] projected logits for the backward
+            kept = torch.empty((*tokens.shape, weight.shape[0]), dtype=x.dtype, device=x.device)
         for r, c in _blocks(tokens.shape[0], tokens.shape[1], chunk_tokens):
-            z = logits[r, c].to(dtype)  # [b, t, V] one block, upcast
-            if temperature != 1.0:
-                z = z / temperature
+            raw = _block_logits(x, weight, bias, r, c)  # [b, t, V]
+            if kept is not None:
+                kept[r, c] = raw
+            z = raw.to(dtype)
+            z = z / temperature if temperature != 1.0 else z
             lse[r, c] = torch.logsumexp(z, dim=-1)
             out[r, c] = z.gather(-1, tokens[r, c].unsqueeze(-1)).squeeze(-1) - lse[r, c]
             if with_entropy:  # H = lse − Σ_v p_v z_v while the block is at hand
                 p = (z - lse[r, c].unsqueeze(-1)).exp_()
                 ent[r, c] = lse[r, c] - (p * z).sum(-1)
-        ctx.save_for_backward(logits, tokens, lse)
+        ctx.save_for_backward(x, weight, bias, tokens, lse, kept)
         ctx.chunk_tokens, ctx.temperature = chunk_tokens, temperature
         ctx.mark_non_differentiable(ent)
         return out, ent
@@ -82,18 +131,27 @@ class _TokenLogprobs(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, grad_out: torch.Tensor, _grad_entropy: Any
     ) -> tuple[Any, ...]:
-        logits, tokens, lse = ctx.saved_tensors
+        x, weight, bias, tokens, lse, kept = ctx.saved_tensors
         tau = ctx.temperature
-        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # [B, T, V]
+        if weight is None:  # ∂ logits
+            grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+            for r, c in _blocks(tokens.shape[0], tokens.shape[1], ctx.chunk_tokens):
+                grad_x[r, c] = _logit_grad(x[r, c], lse[r, c], tokens[r, c], grad_out[r, c], tau)
+            return grad_x, None, None, None, None, None, None, None
+        grad_x = torch.zeros_like(x)  # ∂h
+        acc = torch.promote_types(weight.dtype, torch.float32)  # ∂W, ∂b summed over blocks
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        grad_b = None if bias is None else torch.zeros(bias.shape, dtype=acc, device=bias.device)
         for r, c in _blocks(tokens.shape[0], tokens.shape[1], ctx.chunk_tokens):
-            z = logits[r, c].to(lse.dtype)  # [b, t, V]
-            if tau != 1.0:
-                z = z / tau
-            g_out = grad_out[r, c].unsqueeze(-1).to(lse.dtype)  # [b, t, 1]
-            g = (z - lse[r, c].unsqueeze(-1)).exp_().mul_(-g_out)  # −p_v · g
-            g.scatter_add_(-1, tokens[r, c].unsqueeze(-1), g_out)  # + 1[v = tok] · g
-            grad[r, c] = g.div_(tau)
-        return grad, None, None, None, None
+            z = kept[r, c] if kept is not None else _block_logits(x, weight, bias, r, c)
+            gz = _logit_grad(z, lse[r, c], tokens[r, c], grad_out[r, c], tau).to(x.dtype)
+            grad_x[r, c] = gz @ weight
+            flat_g, flat_x = gz.flatten(0, -2), x[r, c].flatten(0, -2)  # [b·t, V], [b·t, H]
+            grad_w.addmm_(flat_g.t().to(acc), flat_x.to(acc))
+            if grad_b is not None:
+                grad_b += flat_g.sum(0).to(acc)
+        return (grad_x, grad_w.to(weight.dtype),
+                None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None, None)  # fmt: skip
 
 
 def token_logprobs(
@@ -114,13 +172,9 @@ def token_logprobs(
     >>> token_logprobs(torch.zeros(1, 1, 4), torch.tensor([[2]])).tolist()  # log(1/4)
     [[-1.386...]]
     """
-    if logits.shape[:-1] != tokens.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    chunk = _chunk(chunk_tokens, logits.shape[-1])
-    out: torch.Tensor = _TokenLogprobs.apply(logits, tokens, chunk, temperature, False)[0]
-    return out
+    return token_logprobs_and_entropy(
+        logits, tokens, chunk_tokens=chunk_tokens, temperature=temperature, entropy=False
+    )[0]
 
 
 def token_logprobs_and_entropy(
@@ -129,9 +183,11 @@ def token_logprobs_and_entropy(
     *,
     chunk_tokens: int | None = None,
     temperature: float = 1.0,
+    entropy: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``token_logprobs`` and, from the same pass over the logits, the entropy of each
-    position's distribution softmax(z/τ), H = logsumexp(z/τ) − Σ_v p_v z_v/τ ([B, T], no grad).
+    position's distribution softmax(z/τ), H = logsumexp(z/τ) − Σ_v p_v z_v/τ ([B, T], no grad;
+    an empty tensor with ``entropy=False``).
 
     Equals ``(token_logprobs(...), entropy_from_logits(logits.detach() / τ))`` without the
     second read of the [B, T, V] logits and the second logsumexp; gradients flow through the
@@ -141,12 +197,42 @@ def token_logprobs_and_entropy(
     >>> lp.tolist(), h.tolist()  # uniform over 4: log(1/4), log 4
     ([[-1.386...]], [[1.386...]])
     """
-    if logits.shape[:-1] != tokens.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check(logits, tokens, temperature, "logits")
     chunk = _chunk(chunk_tokens, logits.shape[-1])
-    out, ent = _TokenLogprobs.apply(logits, tokens, chunk, temperature, True)
+    out, ent = _TokenLogprobs.apply(logits, None, None, tokens, chunk, temperature, entropy, False)
+    return out, ent
+
+
+def head_token_logprobs_and_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    tokens: torch.Tensor,
+    *,
+    chunk_tokens: int | None = None,
+    temperature: float = 1.0,
+    keep_logits: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_logprobs_and_entropy(linear(hidden, weight, bias), tokens)`` without a [B, T, V]
+    gradient: hidden [B, T, H], weight [V, H] (the LM head), tokens [B, T] -> log-probs (with
+    grad into hidden, weight, bias) and entropies [B, T].
+
+    ``keep_logits`` True keeps the B·T·V projected logits for the backward pass (half the
+    memory of logits + their gradient, the same matmuls); False projects each block again in
+    the backward (one more head matmul, peak extra memory ~2·chunk_tokens·V floats); None
+    (default) keeps them up to ``KEEP_LOGITS_ELEMENTS``.
+
+    >>> h, w = torch.randn(2, 3, 4), torch.randn(5, 4)
+    >>> lp, _ = head_token_logprobs_and_entropy(h, w, None, torch.zeros(2, 3, dtype=torch.long))
+    >>> torch.allclose(lp, token_logprobs(h @ w.t(), torch.zeros(2, 3, dtype=torch.long)))
+    True
+    """
+    _check(hidden, tokens, temperature, "hidden")
+    chunk = _chunk(chunk_tokens, weight.shape[0])
+    if keep_logits is None:
+        keep_logits = tokens.numel() * weight.shape[0] <= KEEP_LOGITS_ELEMENTS
+    out, ent = _TokenLogprobs.apply(hidden, weight, bias, tokens, chunk, temperature, True,
+                                    keep_logits)  # fmt: skip
     return out, ent
 
 
@@ -166,96 +252,3 @@ def entropy_from_logits(logits: torch.Tensor, *, chunk_tokens: int | None = None
         p = torch.softmax(z, dim=-1)
         out[r, c] = torch.logsumexp(z, dim=-1) - (p * z).sum(-1)
     return out
-
-
-class _HeadTokenLogprobs(torch.autograd.Function):
-    """log softmax((h·Wᵀ + b) / τ)[tok] from the last hidden state, never holding the
-    [B, T, V] logits: each block of positions is projected, scored and dropped; the backward
-    pass projects it again (one more head matmul) and accumulates ∂h = g_z·W, ∂W = g_zᵀ·h,
-    ∂b = Σ g_z with g_z = (1[v = tok] − p_v)·g/τ. The liger-kernel "fused linear cross-entropy"
-    idea, in plain torch."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        h: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        tokens: torch.Tensor,
-        chunk_tokens: int,
-        temperature: float,
-        with_entropy: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = _compute_dtype(h)
-        out = torch.empty(tokens.shape, dtype=dtype, device=h.device)  # [B, T]
-        lse = torch.empty_like(out)
-        ent = torch.empty_like(out) if with_entropy else out.new_empty(0)
-        for r, c in _blocks(tokens.shape[0], tokens.shape[1], chunk_tokens):
-            z = torch.nn.functional.linear(h[r, c], weight, bias).to(dtype)  # [b, t, V]
-            if temperature != 1.0:
-                z = z / temperature
-            lse[r, c] = torch.logsumexp(z, dim=-1)
-            out[r, c] = z.gather(-1, tokens[r, c].unsqueeze(-1)).squeeze(-1) - lse[r, c]
-            if with_entropy:
-                p = (z - lse[r, c].unsqueeze(-1)).exp_()
-                ent[r, c] = lse[r, c] - (p * z).sum(-1)
-        ctx.save_for_backward(h, weight, bias, tokens, lse)
-        ctx.chunk_tokens, ctx.temperature = chunk_tokens, temperature
-        ctx.mark_non_differentiable(ent)
-        return out, ent
-
-    @staticmethod
-    @once_differentiable
-    def backward(  # type: ignore[override]
-        ctx: Any, grad_out: torch.Tensor, _grad_entropy: Any
-    ) -> tuple[Any, ...]:
-        h, weight, bias, tokens, lse = ctx.saved_tensors
-        tau = ctx.temperature
-        grad_h = torch.zeros_like(h)
-        acc = torch.promote_types(weight.dtype, torch.float32)  # ∂W summed over blocks
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
-        grad_b = None if bias is None else torch.zeros(bias.shape, dtype=acc, device=bias.device)
-        for r, c in _blocks(tokens.shape[0], tokens.shape[1], ctx.chunk_tokens):
-            hb = h[r, c]  # [b, t, H]
-            z = torch.nn.functional.linear(hb, weight, bias).to(lse.dtype)
-            if tau != 1.0:
-                z = z / tau
-            g_out = grad_out[r, c].unsqueeze(-1).to(lse.dtype)  # [b, t, 1]
-            g = (z - lse[r, c].unsqueeze(-1)).exp_().mul_(-g_out)
-            g.scatter_add_(-1, tokens[r, c].unsqueeze(-1), g_out)
-            gz = g.div_(tau).to(h.dtype)  # [b, t, V] ∂/∂logits
-            grad_h[r, c] = gz @ weight
-            flat_g, flat_h = gz.flatten(0, -2), hb.flatten(0, -2)
-            grad_w.addmm_(flat_g.t().to(acc), flat_h.to(acc))
-            if grad_b is not None:
-                grad_b += flat_g.sum(0).to(acc)
-        return (grad_h, grad_w.to(weight.dtype),
-                None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None)  # fmt: skip
-
-
-def head_token_logprobs_and_entropy(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    tokens: torch.Tensor,
-    *,
-    chunk_tokens: int | None = None,
-    temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``token_logprobs_and_entropy(linear(hidden, weight, bias), tokens)`` without the logits:
-    hidden [B, T, H], weight [V, H] (the LM head), tokens [B, T] -> log-probs (with grad into
-    hidden, weight, bias) and entropies [B, T]. Peak extra memory ~2·chunk_tokens·V floats
-    instead of B·T·V logits and their gradient; one more head matmul in the backward pass.
-
-    >>> h, w = torch.randn(2, 3, 4), torch.randn(5, 4)
-    >>> lp, _ = head_token_logprobs_and_entropy(h, w, None, torch.zeros(2, 3, dtype=torch.long))
-    >>> torch.allclose(lp, token_logprobs(h @ w.t(), torch.zeros(2, 3, dtype=torch.long)))
-    True
-    """
-    if hidden.shape[:-1] != tokens.shape:
-        raise ValueError(f"hidden {tuple(hidden.shape)} do not match tokens {tuple(tokens.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    chunk = _chunk(chunk_tokens, weight.shape[0])
-    out, ent = _HeadTokenLogprobs.apply(hidden, weight, bias, tokens, chunk, temperature, True)
-    return out, ent
