@@ -72,7 +72,22 @@ class EnvSection(StrictModel):
 
 class RolloutSection(StrictModel):
     backend: Literal["hf", "vllm"] = Field(default="hf", description="rollout engine")
-    max_new_tokens: int = Field(default=32, ge=1, description="completion length cap")
+    max_new_tokens: int = Field(
+        default=32, ge=1, description="completion length cap (multi-turn: per model turn)"
+    )
+    max_turns: int | None = Field(
+        default=None,
+        ge=1,
+        description="multi-turn envs: model turns per episode; None: the env's max_turns (a "
+        "larger value is an error)",
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="multi-turn envs: a trajectory's token budget after the prompt, model and "
+        "environment tokens together (the episode ends truncated when it is spent; length "
+        "shaping's L_max); None: max_turns x max_new_tokens. Single-turn envs: unused",
+    )
     temperature: float = Field(default=1.0, ge=0.0, description="sampling temperature")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="nucleus sampling (1: off)")
     top_k: int = Field(default=0, ge=0, description="top-k sampling (0: off)")
@@ -288,11 +303,10 @@ class TrainConfig(StrictModel):
         if mb is not None and batch % mb:
             raise ValueError(f"train.micro_batch_size={mb} must divide algo.batch_size={batch}")
         cache = self.algo.overlong_cache
-        if cache is not None and cache > self.rollout.max_new_tokens:
-            raise ValueError(
-                f"algo.overlong_cache={cache} must be <= rollout.max_new_tokens="
-                f"{self.rollout.max_new_tokens}"
-            )
+        budget = self.rollout.max_tokens or self.rollout.max_new_tokens
+        if cache is not None and cache > budget:
+            key = "max_tokens" if self.rollout.max_tokens else "max_new_tokens"
+            raise ValueError(f"algo.overlong_cache={cache} must be <= rollout.{key}={budget}")
         if (
             self.algo.reference == "lora_disabled"
             and self.algo.beta > 0

@@ -1,6 +1,8 @@
-"""``verirl train``: the RL loop. generate → score → advantages → loss → step → sync → log →
-checkpoint, in one function that reads top to bottom (``train``); its steps live in
-``update.py``, building the pieces in ``prepare``.
+"""``verirl train``: the RL loop. collect → π_old/π_ref → score → advantages → update → sync →
+log → checkpoint, in one function that reads top to bottom (``_train``); each phase is a named
+function (``collect.py``, ``phases.py``, ``scoring.py``, ``update.py``), the pieces are built
+in ``prepare``. Multi-turn environments collect whole trajectories (``run_episodes``) and train
+on the model's tokens only; the rest of the step is the same.
 
 Everything that can be wrong with the input (config, model path, environment, dataset columns)
 is checked in ``prepare`` before the run directory is created, so bad input leaves nothing.
@@ -18,7 +20,6 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,18 +27,26 @@ from typing import Any
 import torch
 
 from verirl.config import write_resolved_config
-from verirl.envs.base import Environment
 from verirl.errors import ConfigError, Interrupted, UserError
 from verirl.progress import Progress
-from verirl.rollout import RolloutEngine, SamplingParams, make_engine
-from verirl.rollout.base import logprob_temperature
+from verirl.rollout import make_engine
 from verirl.rundir import clear_run_dir
 from verirl.train import checkpoint as ckpt
 from verirl.train import distributed as dist
+from verirl.train.batch import to_batch
+from verirl.train.collect import collect, samples, turns_of
 from verirl.train.config import TrainConfig, check_device
 from verirl.train.metrics import TRAIN_CURVES, MetricsLogger, plot_curves
-from verirl.train.model import Reference, ValueHead, load_policy, render_prompt, resolve_forward
-from verirl.train.online_dpo import online_dpo_update
+from verirl.train.model import Reference, ValueHead, load_policy, resolve_forward
+from verirl.train.phases import (
+    Run,
+    behaviour_logprobs,
+    optimize,
+    rollout_of,
+    signal_rows,
+    step_metrics,
+    step_settings,
+)
 from verirl.train.run import (
     claim_on_rank0,
     fits_context,
@@ -46,43 +55,7 @@ from verirl.train.run import (
     lr_lambda,
     model_context,
 )
-from verirl.train.update import (
-    Rollout,
-    batch_rows,
-    fill_missing_grads,
-    pad_rows,
-    policy_update,
-    reward_stats,
-    rollout_logprobs,
-    rows_to_train,
-    score_async,
-    sequence_logprobs,
-    to_batch,
-    truncated_rows,
-    with_advantages,
-)
-
-
-@dataclass
-class Run:
-    cfg: TrainConfig
-    run_dir: Path
-    model: Any
-    tok: Any
-    env: Environment
-    rows: Any
-    engine: RolloutEngine
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LambdaLR
-    ref: Reference | None
-    value_head: ValueHead | None
-    ctx: dist.DistContext
-    device: str
-    policy: Any  # `model` as trained: wrapped in DDP when distributed, else `model` itself
-    critic: Any  # `value_head`, likewise
-    start_step: int = 0
-    forward: str = "transformers"  # ``resolve_forward``: π_old, π_ref, π_θ and hf decoding
-
+from verirl.train.scoring import with_advantages
 
 # Steps in a row with no trainable row (every group's rewards equal) before the loop warns.
 NO_SIGNAL_STEPS = 5
@@ -118,6 +91,7 @@ def prepare(
         last_checkpoint(resume_dir)  # before anything is loaded
     run_dir = resume_dir or claim_on_rank0(cfg, ctx, overwrite, unique)
     env, rows = load_env(cfg)
+    turns_of(cfg, env)  # rollout.max_turns against the env's, before anything is written
     ckpt.seed_everything(cfg.train.seed)
     model, tok = load_policy(cfg.model, device)
     rows = fits_context(env, rows, tok, cfg, model_context(model, cfg))
@@ -306,142 +280,49 @@ def _train(
     overwrite: bool = False,
     unique: bool = False,
 ) -> Path:
-    # raises on bad input before anything is written
-    run = prepare(cfg, resume_dir, ctx, device, overwrite, unique)
-    a, r, t = cfg.algo, cfg.rollout, cfg.train
-    main = ctx.is_main
-    dist.barrier(ctx)  # every rank has checked the run dir before rank 0 creates it
-    if main:
-        if resume_dir is None:
-            clear_run_dir(run.run_dir)  # claimed with --overwrite (else it is new or empty)
-            # the config names the directory the run really has (a timestamped one, maybe)
-            cfg = cfg.model_copy(update={"run_dir": str(run.run_dir.parent),
-                                         "name": run.run_dir.name})  # fmt: skip
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        write_resolved_config(cfg, run.run_dir)
-        print(f"run dir: {run.run_dir}", flush=True)
-    log = (
-        MetricsLogger(run.run_dir, cfg.log.tensorboard, keep_upto=run.start_step) if main else None
-    )
-    sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, tuple(r.stop))
-    tau = logprob_temperature(r.temperature)  # every logprob is log softmax(z / tau)
-    batch_size = a.batch_size // ctx.world_size  # this rank's completions per step
-    micro = t.micro_batch_size or batch_size
-    pad = run.tok.pad_token_id
-    autocast = torch.autocast("cpu" if device == "cpu" else "cuda", torch.bfloat16,
-                              enabled=cfg.model.dtype == "bfloat16")  # fmt: skip
-    pool = ThreadPoolExecutor(max_workers=1)
-    progress = Progress("train", t.steps, run.start_step, enabled=cfg.log.progress and main)
+    run = prepare(cfg, resume_dir, ctx, device, overwrite, unique)  # raises on bad input
+    cfg = open_run_dir(run, resume_dir)
+    t = cfg.train
+    log = None
+    if ctx.is_main:
+        log = MetricsLogger(run.run_dir, cfg.log.tensorboard, keep_upto=run.start_step)
+    s = step_settings(run)
+    pool = ThreadPoolExecutor(max_workers=1)  # scores completions while logprobs are computed
+    progress = Progress("train", t.steps, run.start_step, enabled=cfg.log.progress and ctx.is_main)
     stop = _StopRequest()
     stopped_at: int | None = None
     no_signal = 0  # consecutive steps with no trainable row
-    mine = dist.shard_groups(a.batch_size // a.group_size, ctx)
-    trained = [m for m in (run.policy, run.critic) if m is not None]
-
-    def no_sync(accumulating: bool) -> Any:
-        return dist.no_sync_if(accumulating, *trained)
-
     try:
         for step in range(run.start_step, t.steps):
             t0 = time.perf_counter()
-            # 1. generate: G completions for each of this rank's P/W prompts
-            rows = batch_rows(run.rows, step, a.batch_size // a.group_size, t.seed)
-            rows = [rows[i] for i in mine]
-            prompts = [render_prompt(run.env.prompt(x), run.tok, cfg.model.chat_template)
-                       for x in rows]  # fmt: skip
-            groups = run.engine.generate(prompts, a.group_size, sampling)
-            t_gen = time.perf_counter() - t0
-            # 2. score in the background while old/ref logprobs and values are computed
-            scoring = score_async(pool, run.env, groups, rows, r.score_workers)
-            batch = to_batch(groups, pad, device)
-            old_logp = old_values = ref_logp = None
-            with autocast:
-                if a.epochs > 1 or run.value_head is not None:
-                    old_logp, old_values = sequence_logprobs(run.model, batch, micro,
-                                                             run.value_head, tau, run.forward)  # fmt: skip
-                if run.ref is not None:
-                    ref_model, ref_ctx = run.ref.context(run.model)
-                    with ref_ctx:
-                        ref_logp, _ = sequence_logprobs(ref_model, batch, micro, None, tau,
-                                                        run.forward)  # fmt: skip
-            scored = reward_stats(scoring.result(), (len(rows), a.group_size))
-            ro = Rollout(batch, scored["rewards"], scored["valid"], old_logp, ref_logp,
-                         old_values, stats=scored["stats"], temperature=tau,
-                         truncated=truncated_rows(groups, device))  # fmt: skip
-            if a.tis_cap is not None:
-                ro.rollout_logp = rollout_logprobs(groups, batch)
-            # 3. advantages by algo.advantage (a group lives on one rank; batch whitening is
+            # 1. collect: G completions (or trajectories) of each of this rank's prompts;
+            # single-turn scoring starts in the background
+            got = collect(run.engine, run.env, run.tok, cfg, run.rows, step, s.mine, s.sampling,
+                          s.turns, pool)  # fmt: skip
+            batch = to_batch(got.groups, run.tok.pad_token_id, run.device)
+            # 2. π_old, π_ref (and V) of the sampled tokens, no grad
+            behaviour = behaviour_logprobs(run, batch, s)
+            # 3. score: rewards [P, G] and which samples count (infra errors do not)
+            ro = rollout_of(run, batch, got, behaviour, s)
+            # 4. advantages by algo.advantage (a group lives on one rank; batch whitening is
             # over all ranks' tokens) and the loss mask they apply to
-            ro = with_advantages(ro, a, r.max_new_tokens,
+            ro = with_advantages(ro, cfg.algo, s.turns.budget,
                                  partial(dist.global_masked_whiten, ctx=ctx))  # fmt: skip
-            # 4-5. loss and optimizer step, `epochs` times over the batch
-            upd: dict[str, float] = {}
-            grad_norm = 0.0
-            mask = ro.batch.mask
-            # global (tokens, sequences) / W: DDP's gradient mean is then the global batch's
-            n_tok = float(dist.all_reduce_sum(mask.sum(), ctx))
-            n_seq = float(dist.all_reduce_sum((mask.sum(-1) > 0).sum(), ctx))
-            norms = (max(n_tok, 1.0) / ctx.world_size, max(n_seq, 1.0) / ctx.world_size)
-            # rows with a non-zero gradient; every rank runs as many as the busiest one
-            live = rows_to_train(ro, a, run.critic) if a.skip_zero_grad_rows else None
-            todo = live
-            if live is not None and ctx.world_size > 1:
-                busiest = int(dist.all_reduce_max(len(live), ctx))
-                todo = pad_rows(live, busiest, batch_size)
-            if n_tok > 0:  # all groups filtered or failed everywhere: nothing to learn
-                for _ in range(a.epochs):
-                    run.opt.zero_grad(set_to_none=True)
-                    with autocast:
-                        if a.name == "online_dpo":  # each group's best vs worst, vs π_ref
-                            upd = online_dpo_update(run.policy, ro.batch, ro.ref_logp,
-                                                    ro.rewards, ro.valid, a.beta, a.dpo_loss,
-                                                    micro, tau, run.forward)  # fmt: skip
-                            if not upd["dpo/pairs"]:  # no group had a reward difference
-                                break
-                        else:
-                            upd = policy_update(
-                                run.policy, ro, a, micro, r.max_new_tokens, run.critic, norms,
-                                no_sync, todo, run.forward,
-                            )  # fmt: skip
-                    params = [p for g in run.opt.param_groups for p in g["params"]]
-                    fill_missing_grads(params)
-                    grad_norm = dist.clip_grad_norm(params, t.max_grad_norm)
-                    run.opt.step()
-                    run.sched.step()
-                    if run.ref is not None:
-                        run.ref.after_step(run.model)
+            # 5. loss and optimizer step, `epochs` times over the batch
+            upd = optimize(run, ro, s)
             # 6. sync the rollout engine with the new weights
             sync_s = run.engine.update_weights(run.model)
             # 7. log (metrics reduced over ranks; rank 0 writes)
-            seconds = time.perf_counter() - t0
-            n_gen = sum(len(c.token_ids) for g in groups for c in g)
-            if live is not None:
-                ro.stats["rows_trained"] = float(len(live))
-            row: dict[str, Any] = {**ro.stats, **upd, "grad_norm": grad_norm,
-                   "lr": run.sched.get_last_lr()[0], "response_length": n_gen / batch_size,
-                   "step_seconds": seconds, "gen_seconds": t_gen, "sync_seconds": sync_s,
-                   "tokens_per_s": n_gen / seconds}  # fmt: skip
-            if ctx.world_size > 1:
-                row = dist.all_reduce_metrics(row, ctx, _metric_counts(ro, todo))
+            row = step_metrics(run, ro, got, upd, time.perf_counter() - t0, sync_s, s)
             row = {"step": step + 1, **row}
             if log is not None:
                 log.log(row)
                 if cfg.log.samples_every and (step + 1) % cfg.log.samples_every == 0:
-                    log.samples(step + 1, _samples(groups, rows, prompts, scoring.result(), cfg))
+                    log.samples(step + 1, samples(got, got.results.result(), cfg.log.num_samples))
             progress.update(1, row)
-            adv = ro.adv if ro.adv is not None else torch.zeros_like(ro.batch.mask)
-            signal_rows = int((adv * ro.batch.mask).ne(0).any(-1).sum())  # rows a reward moves
-            if ctx.world_size > 1:
-                signal_rows = int(dist.all_reduce_sum(float(signal_rows), ctx))
-            no_signal = 0 if signal_rows else no_signal + 1
-            if no_signal == NO_SIGNAL_STEPS and main:
-                print(
-                    f"warning: {NO_SIGNAL_STEPS} steps in a row with no trainable row: every "
-                    f"group's rewards were equal (reward_mean {row.get('reward_mean', 0):.3f}), so "
-                    "the policy is not learning; check the rewards with `verirl score`, warm-start "
-                    "with `verirl sft`, or raise algo.group_size / rollout.temperature",
-                    flush=True,
-                )
+            no_signal = 0 if signal_rows(ro, ctx) else no_signal + 1
+            if no_signal == NO_SIGNAL_STEPS and ctx.is_main:
+                _warn_no_signal(row)
             # 8. checkpoint (and stop here when SIGINT/SIGTERM asked to)
             halt = stop.signum is not None
             if ctx.world_size > 1:  # every rank stops at the same step
@@ -464,33 +345,47 @@ def _train(
             f"{run.run_dir / 'checkpoints' / f'step-{stopped_at}'}; continue with: "
             f"verirl train --resume {run.run_dir}"
         )
-    final = run.run_dir / "final"
-    if main:
-        shutil.rmtree(final, ignore_errors=True)
-    dist.save_pretrained(run.policy, final, ctx)  # FSDP2 gathers the shards: every rank calls
-    if main:
-        run.tok.save_pretrained(str(final))
-        plot_curves(run.run_dir, TRAIN_CURVES, f"{run.run_dir.name}_curves", run.run_dir.name)
-    dist.barrier(ctx)
+    save_final(run)
     return run.run_dir
 
 
-def _metric_counts(ro: Rollout, rows: torch.Tensor | None) -> dict[str, float]:
-    """Weights of the per-sample means in the cross-rank reduction: the reward metrics average
-    over scored (valid) samples, which ranks may hold different numbers of; entropy and the
-    TIS weight over the tokens of the rows each rank trained on."""
-    valid = float(ro.valid.sum())
-    counts = {
-        k: valid for k in ro.stats if k in ("reward_mean", "pass_rate") or k.startswith("reward/")
-    }
-    tokens = float(ro.batch.mask.sum() if rows is None else ro.batch.mask[rows].sum())
-    return counts | {"entropy": tokens, "tis_weight": tokens}
+# ---- the run's setup and teardown around the loop ---------------------------------------------
 
 
-def _samples(groups: Any, rows: Any, prompts: list[str], results: Any, cfg: TrainConfig) -> Any:
-    out = []
-    flat = [(p, c) for p, g in zip(prompts, groups, strict=True) for c in g]
-    for (prompt, c), res in list(zip(flat, results, strict=True))[: cfg.log.num_samples]:
-        out.append({"prompt": prompt, "completion": c.text, "reward": res.reward,
-                    "status": res.status, "detail": res.detail})  # fmt: skip
-    return out
+def open_run_dir(run: Run, resume_dir: Path | None) -> TrainConfig:
+    """Create the run directory (rank 0) and write the resolved config; returns the config
+    naming the directory the run really has (a timestamped one, maybe)."""
+    cfg = run.cfg
+    dist.barrier(run.ctx)  # every rank has checked the run dir before rank 0 creates it
+    if run.ctx.is_main:
+        if resume_dir is None:
+            clear_run_dir(run.run_dir)  # claimed with --overwrite (else it is new or empty)
+            cfg = cfg.model_copy(update={"run_dir": str(run.run_dir.parent),
+                                         "name": run.run_dir.name})  # fmt: skip
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        write_resolved_config(cfg, run.run_dir)
+        print(f"run dir: {run.run_dir}", flush=True)
+    return cfg
+
+
+def _warn_no_signal(row: dict[str, Any]) -> None:
+    print(
+        f"warning: {NO_SIGNAL_STEPS} steps in a row with no trainable row: every group's "
+        f"rewards were equal (reward_mean {row.get('reward_mean', 0):.3f}), so the policy is not "
+        "learning; check the rewards with `verirl score`, warm-start with `verirl sft`, or "
+        "raise algo.group_size / rollout.temperature",
+        flush=True,
+    )
+
+
+def save_final(run: Run) -> None:
+    """The trained model and tokenizer in final/, and the curves (every rank calls: FSDP2
+    gathers the shards)."""
+    final = run.run_dir / "final"
+    if run.ctx.is_main:
+        shutil.rmtree(final, ignore_errors=True)
+    dist.save_pretrained(run.policy, final, run.ctx)
+    if run.ctx.is_main:
+        run.tok.save_pretrained(str(final))
+        plot_curves(run.run_dir, TRAIN_CURVES, f"{run.run_dir.name}_curves", run.run_dir.name)
+    dist.barrier(run.ctx)

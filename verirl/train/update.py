@@ -1,134 +1,48 @@
-"""The steps the RL loop calls by name: pick rows, roll out, score, advantages, update.
+"""The update: π_old/π_ref logprobs of a batch, the rows worth a backward pass, and one
+optimisation pass (micro-steps of forward → ``policy_objective`` → backward).
 
-Each function does one thing on plain tensors/lists so the loop in ``loop.py`` reads top to
-bottom, and so data sharding (``batch_rows``) can later take a rank without touching the rest.
+Batch building lives in ``batch.py`` and scoring/advantages in ``scoring.py``; their names
+are re-exported here for callers that import them from the update (``batch_rows``, ``Rollout``,
+``to_batch``, ``rollout_logprobs``, ``with_advantages`` …).
 """
 
 from __future__ import annotations
 
-import random
-from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from typing import Any
 
 import torch
 
-from verirl.algos import (
-    AdvantageInputs,
-    ObjectiveConfig,
-    PolicyLossParams,
-    compute_advantages,
-    kl_penalty,
-    length_penalty,
-    masked_whiten,
-    policy_objective,
-    soft_overlong_penalty,
+from verirl.algos import ObjectiveConfig, PolicyLossParams, policy_objective
+from verirl.train.batch import (
+    Rollout,
+    batch_rows,
+    rollout_logprobs,
+    to_batch,
+    truncated_rows,
 )
-from verirl.envs.base import Environment, Row
-from verirl.rewards.result import RewardResult
-from verirl.rollout.base import Completion
 from verirl.train.config import AlgoSection
-from verirl.train.model import Batch, ValueHead, forward_logprobs, pack
+from verirl.train.model import Batch, ValueHead, forward_logprobs
+from verirl.train.scoring import reward_stats, score_async, shaped_rewards, with_advantages
 
-
-def batch_rows(rows: Any, step: int, n: int, seed: int) -> list[Row]:
-    """Rows of generation batch `step`: consecutive slices of a per-epoch shuffle, a pure
-    function of (seed, step) so a resumed run sees exactly the data the killed one would."""
-    out = []
-    for k in range(step * n, step * n + n):
-        epoch, pos = divmod(k, len(rows))
-        out.append(rows[_epoch_order(len(rows), seed, epoch)[pos]])
-    return out
-
-
-@lru_cache(maxsize=4)
-def _epoch_order(size: int, seed: int, epoch: int) -> tuple[int, ...]:
-    order = list(range(size))
-    random.Random(seed * 100_003 + epoch).shuffle(order)
-    return tuple(order)
-
-
-def score_async(
-    pool: ThreadPoolExecutor,
-    env: Environment,
-    groups: list[list[Completion]],
-    rows: list[Row],
-    workers: int,
-) -> Future[list[RewardResult]]:
-    """Score every completion in a background thread; the loop computes logprobs meanwhile."""
-    texts = [c.text for g in groups for c in g]
-    flat_rows = [r for g, r in zip(groups, rows, strict=True) for _ in g]
-    return pool.submit(env.score_batch, texts, flat_rows, workers)
-
-
-@dataclass
-class Rollout:
-    """One generation batch as tensors: B = prompts x group sequences."""
-
-    batch: Batch
-    rewards: torch.Tensor  # [P, G]
-    valid: torch.Tensor  # [P, G] 0 for infra errors (masked out of the loss, counted)
-    old_logp: torch.Tensor | None = None  # [B, T] log π_old; None: reuse logp.detach()
-    ref_logp: torch.Tensor | None = None  # [B, T]
-    old_values: torch.Tensor | None = None  # [B, T] PPO critic at sampling time
-    adv: torch.Tensor | None = None  # [B, T]
-    returns: torch.Tensor | None = None  # [B, T] PPO
-    stats: dict[str, float] = field(default_factory=dict)
-    rollout_logp: torch.Tensor | None = None  # [B, T] the engine's log π at sampling time
-    # T of every logprob of this batch (π_old, π_ref, π_θ, the engine's): log softmax(z / T),
-    # ``logprob_temperature`` of the sampling temperature; the entropy metric is softmax(z/T)'s.
-    temperature: float = 1.0
-    truncated: torch.Tensor | None = None  # [B] bool: cut by max_new_tokens (``truncated_rows``)
-
-
-def truncated_rows(groups: list[list[Completion]], device: str) -> torch.Tensor:
-    """[B] True where a completion ended by running out of budget (finish_reason "length"),
-    not on an end token or stop string: DAPO's overlong filtering drops these from the loss."""
-    flat = [c.finish_reason == "length" for g in groups for c in g]
-    return torch.tensor(flat, dtype=torch.bool, device=device)
-
-
-def rollout_logprobs(groups: list[list[Completion]], batch: Batch) -> torch.Tensor:
-    """The rollout engine's per-token logprobs laid out like ``batch.targets`` [B, T] (0 off the
-    completion): each row's masked positions are its completion tokens, in order."""
-    flat = [c for g in groups for c in g]
-    out = torch.zeros_like(batch.mask, dtype=torch.float32)
-    for b, c in enumerate(flat):
-        if len(c.logprobs) != len(c.token_ids):
-            raise ValueError(f"completion {b}: {len(c.logprobs)} logprobs for "
-                             f"{len(c.token_ids)} tokens")  # fmt: skip
-    values = torch.tensor([lp for c in flat for lp in c.logprobs], dtype=torch.float32)
-    out[batch.mask > 0] = values.to(out.device)
-    return out
-
-
-def to_batch(groups: list[list[Completion]], pad: int, device: str) -> Batch:
-    flat = [c for g in groups for c in g]
-    return pack([c.prompt_token_ids for c in flat], [c.token_ids for c in flat], pad, device)
-
-
-def reward_stats(results: list[RewardResult], shape: tuple[int, int]) -> dict[str, Any]:
-    """Rewards/valid tensors [P, G] and the reward metrics of the batch."""
-    rewards = torch.tensor([r.reward for r in results], dtype=torch.float32).view(shape)
-    valid = torch.tensor([r.counts_for_training for r in results], dtype=torch.float32)
-    ok = [r for r in results if r.counts_for_training]
-    stats: dict[str, Any] = {
-        "reward_mean": sum(r.reward for r in ok) / max(len(ok), 1),
-        "pass_rate": sum(r.ok for r in ok) / max(len(ok), 1),
-        "infra_errors": len(results) - len(ok),
-    }
-    comps: Counter[str] = Counter()
-    for r in ok:
-        comps.update(r.components)
-    for k, v in comps.items():
-        stats[f"reward/{k}"] = v / max(len(ok), 1)
-    for status, count in Counter(r.status for r in results).items():
-        stats[f"status/{status}"] = count
-    return {"rewards": rewards, "valid": valid.view(shape), "stats": stats}
+__all__ = [
+    "Rollout",
+    "batch_rows",
+    "fill_missing_grads",
+    "objective_config",
+    "pad_rows",
+    "policy_update",
+    "reward_stats",
+    "rollout_logprobs",
+    "rows_to_train",
+    "score_async",
+    "sequence_logprobs",
+    "shaped_rewards",
+    "to_batch",
+    "truncated_rows",
+    "with_advantages",
+]
 
 
 @torch.no_grad()
@@ -156,55 +70,6 @@ def sequence_logprobs(
             v = value_head(h)
             values.append(torch.nn.functional.pad(v, (first, width - first - v.shape[1])))
     return torch.cat(logps), (torch.cat(values) if values else None)
-
-
-def shaped_rewards(
-    ro: Rollout, algo: AlgoSection, max_new_tokens: int
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Each sequence's score [B]: the env's reward plus the length terms the config asks for
-    (DAPO soft overlong punishment, linear length penalty), and the mean of each term."""
-    rewards = ro.rewards.view(-1).float()  # [B] group-major
-    lengths = ro.batch.mask.sum(-1)  # [B] completion tokens
-    stats: dict[str, float] = {}
-    if algo.overlong_cache is not None:
-        term = soft_overlong_penalty(lengths, max_new_tokens, algo.overlong_cache).to(rewards)
-        rewards, stats["shaping/overlong"] = rewards + term, float(term.mean())
-    if algo.length_penalty > 0:
-        term = length_penalty(lengths, max_new_tokens, algo.length_penalty).to(rewards)
-        rewards, stats["shaping/length"] = rewards + term, float(term.mean())
-    return rewards, stats
-
-
-def with_advantages(
-    ro: Rollout,
-    algo: AlgoSection,
-    max_new_tokens: int,
-    whiten: Callable[..., torch.Tensor] = masked_whiten,
-) -> Rollout:
-    """A new Rollout with advantages [B, T], the loss mask and (PPO) returns, by the estimator
-    ``algo.advantage`` (``ADVANTAGE_ESTIMATORS``); ``ro`` itself is not changed.
-
-    The mask loses infra errors, DAPO-filtered groups (``filter_zero_variance``) and, with
-    ``mask_truncated``, completions cut by the budget. With the KL in the reward (PPO), the
-    token rewards carry −β·k1(π_old ‖ π_ref). `whiten` normalises over the batch (across ranks
-    when distributed) for the estimators that whiten.
-    """
-    rewards, stats = shaped_rewards(ro, algo, max_new_tokens)
-    mask = ro.batch.mask
-    if algo.mask_truncated and ro.truncated is not None:
-        mask = mask * (~ro.truncated).to(mask.dtype).unsqueeze(-1)
-        stats["truncated"] = float(ro.truncated.sum())
-    kl = None
-    if algo.beta > 0 and not algo.kl_in_loss:
-        assert ro.ref_logp is not None and ro.old_logp is not None
-        kl = kl_penalty(ro.old_logp, ro.ref_logp, "k1")
-    x = AdvantageInputs(rewards, mask, algo.group_size, valid=ro.valid.view(-1) > 0,
-                        values=ro.old_values, token_kl=kl, beta=algo.beta, gamma=algo.gamma,
-                        lam=algo.lam, scale_by_std=algo.scale_rewards, whiten=whiten)  # fmt: skip
-    out = compute_advantages(algo.advantage, x, filter_zero_variance=algo.filter_zero_variance)
-    stats = {**ro.stats, **stats, "groups_kept": float(out.groups_kept)}
-    return replace(ro, batch=replace(ro.batch, mask=out.mask), adv=out.advantages,
-                   returns=out.returns, stats=stats)  # fmt: skip
 
 
 def objective_config(algo: AlgoSection, max_new_tokens: int) -> ObjectiveConfig:
