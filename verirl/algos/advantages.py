@@ -145,31 +145,44 @@ def gae_advantages(
 
     δ_t = r_t + γ V(s_{t+1}) − V(s_t),   A_t = Σ_l (γλ)^l δ_{t+l},   R_t = A_t + V(s_t)
     (Schulman et al. 2016, eq. 16). Only positions with mask = 1 are steps of the episode:
-    "t+1" is the next *masked* position (so masked-out gaps, e.g. tool output in multi-turn, are
-    skipped, as in verl), rewards and values outside the mask are ignored, and V after the last
-    token is 0 (the episode ends there). γ = λ = 1 gives reward-to-go minus V.
+    "t+1" is the next *masked* position, so gaps (a multi-turn trajectory's tool output and
+    feedback, which the model did not choose) are no steps at all: each row's masked positions
+    are compacted to the left, the recursion runs over them alone, and the results are
+    scattered back. Rewards and values outside the mask are ignored, positions outside it get
+    A = R = 0, and V after the last token is 0 (the episode ends there). γ = λ = 1 gives
+    reward-to-go minus V.
 
     token_rewards, values, mask: [B, T]. Returns (advantages [B, T], returns [B, T]), float32
     (or float64), detached, both 0 outside the mask. Not whitened: see ``masked_whiten``.
+
+    >>> adv, _ = gae_advantages(torch.tensor([[0.0, 9.0, 1.0]]), torch.zeros(1, 3),
+    ...                         torch.tensor([[1, 0, 1]]), gamma=0.5, gae_lambda=1.0)
+    >>> adv.tolist()  # the gap neither gets an advantage nor counts as a step: 0.5 * 1
+    [[0.5, 0.0, 1.0]]
     """
     dtype = torch.promote_types(values.dtype, torch.float32)  # a bf16 critic: sum in float32
     on = mask > 0  # [B, T]
-    m = on.to(dtype)
     # where, not ·mask: whatever sits outside the mask (even NaN) must not leak in.
     v = torch.where(on, values.detach().to(dtype), 0.0)  # [B, T] no gradient into the critic
     r = torch.where(on, token_rewards.to(dtype), 0.0)  # [B, T]
-    next_value = torch.zeros_like(v[:, 0])  # [B] V(s_{t+1}); 0 past the last token
+    # Compact: a stable sort puts each row's masked positions first, in order; K = the most
+    # steps any row has. Past a row's own steps its entries are 0 (r = V = 0), so the
+    # recursion over them stays 0 and needs no mask.
+    k = int(on.sum(-1).max()) if on.numel() else 0
+    order = torch.argsort((~on).to(torch.int8), dim=-1, stable=True)[:, :k]  # [B, K]
+    rk, vk = r.gather(1, order), v.gather(1, order)  # [B, K]
+    next_value = torch.zeros_like(v[:, 0])  # [B] V(s_{t+1}); 0 past the last step
     running = torch.zeros_like(v[:, 0])  # [B] A_{t+1}
-    adv = torch.zeros_like(v)  # [B, T]
-    for t in reversed(range(v.shape[1])):
-        delta = r[:, t] + gamma * next_value - v[:, t]  # [B]
-        a_t = delta + gamma * gae_lambda * running  # [B]
-        # A masked-out position is not a step: it passes the next step's state through unchanged.
-        keep = m[:, t]
-        running = keep * a_t + (1 - keep) * running
-        next_value = keep * v[:, t] + (1 - keep) * next_value
-        adv[:, t] = a_t * keep
-    return adv, (adv + v) * m
+    adv_k = torch.zeros_like(vk)  # [B, K]
+    for t in reversed(range(k)):
+        delta = rk[:, t] + gamma * next_value - vk[:, t]  # [B]
+        running = delta + gamma * gae_lambda * running  # [B]
+        next_value = vk[:, t]
+        adv_k[:, t] = running
+    # Scatter back (order is a permutation: each position written once); 0 outside the mask.
+    adv = torch.zeros_like(v).scatter(1, order, adv_k)
+    adv = torch.where(on, adv, 0.0)
+    return adv, torch.where(on, adv + v, 0.0)
 
 
 def masked_whiten(
