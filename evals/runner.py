@@ -195,7 +195,7 @@ def sample_model(
         _repair_torn_tail(path)
         engine, tok = open_engine(backend, model_path, suite, out_dir)
         try:
-            check_context(name, model_path, [p for c in todo for p in c], tok, suite)
+            check_context(name, model_path, [p for c in todo for p in c], tok, suite, envs)
             n_todo = sum(map(len, todo))
             title = f"eval {name} (n={suite.n})"
             correct = samples = 0
@@ -234,9 +234,15 @@ def context_length(model_path: str | Path, suite: SuiteConfig) -> int | None:
 
 
 def check_context(
-    name: str, model_path: str | Path, problems: Sequence[Problem], tok: Any, suite: SuiteConfig
+    name: str,
+    model_path: str | Path,
+    problems: Sequence[Problem],
+    tok: Any,
+    suite: SuiteConfig,
+    envs: Mapping[str, Environment] | None = None,
 ) -> None:
-    """Prompts plus ``sampling.max_tokens`` longer than the model's context. vLLM refuses them
+    """Prompts plus ``sampling.max_tokens`` (a multi-turn env's: the trajectory's budget,
+    ``turn_budget``) longer than the model's context. vLLM refuses them
     mid-run (a raw VLLMValidationError): that backend stops here, before sampling, naming the
     keys to change (skipping would change pass@k's denominator). The hf backend runs past
     ``max_position_embeddings`` (rotary models degrade, they do not fail): a warning counts them.
@@ -244,12 +250,13 @@ def check_context(
     context = context_length(model_path, suite)
     if not context:
         return
-    budget = context - suite.sampling.max_tokens
     long = []
     for p in problems:
         text = render_prompt(p.prompt, tok, suite.chat_template)
         n = len(tok(text, add_special_tokens=False)["input_ids"])
-        if n > budget:
+        env = envs.get(p.env_key) if envs else None
+        tokens = turn_budget(env, suite.sampling.max_tokens) if env else suite.sampling.max_tokens
+        if n > context - tokens:
             long.append((p, n))
     if not long:
         return
@@ -287,28 +294,19 @@ def _sample_chunk(
         stop=tuple(s.stop),
         seed=seed,
     )
-    texts = [render_prompt(p.prompt, tok, suite.chat_template) for p in chunk]
-    groups = engine.generate(texts, suite.n, params)
     env = envs[chunk[0].env_key]
-    flat = [c for g in groups for c in g]
-    to_score = [_strip_stop(c.text, s.stop) if s.strip_stop else c.text for c in flat]
-    rows = [p.row for p, g in zip(chunk, groups, strict=True) for _ in g]
-    results = iter(env.score_batch(to_score, rows))
+    if env.multi_turn:
+        per_problem = _episode_samples(chunk, engine, tok, suite, env, params)
+    else:
+        texts = [render_prompt(p.prompt, tok, suite.chat_template) for p in chunk]
+        groups = engine.generate(texts, suite.n, params)
+        flat = [c for g in groups for c in g]
+        to_score = [_strip_stop(c.text, s.stop) if s.strip_stop else c.text for c in flat]
+        rows = [p.row for p, g in zip(chunk, groups, strict=True) for _ in g]
+        results = iter(env.score_batch(to_score, rows))
+        per_problem = [[_sample(c, next(results)) for c in group] for group in groups]
     records = []
-    for p, group in zip(chunk, groups, strict=True):
-        samples = []
-        for c in group:
-            r = next(results)
-            samples.append(
-                {
-                    "text": c.text,
-                    "status": r.status,
-                    "reward": r.reward,
-                    "detail": r.detail[:200],
-                    "finish_reason": c.finish_reason,
-                    "num_tokens": len(c.token_ids),
-                }
-            )
+    for p, samples in zip(chunk, per_problem, strict=True):
         records.append(
             {
                 "version": CACHE_VERSION,
@@ -321,6 +319,49 @@ def _sample_chunk(
             }
         )
     return records
+
+
+def _sample(c: Any, r: Any) -> dict[str, Any]:
+    return {"text": c.text, "status": r.status, "reward": r.reward, "detail": r.detail[:200],
+            "finish_reason": c.finish_reason, "num_tokens": len(c.token_ids)}  # fmt: skip
+
+
+def turn_budget(env: Environment, max_tokens: int) -> int:
+    """Tokens after the prompt a sample may take: ``sampling.max_tokens`` for a single-turn env;
+    for a multi-turn one that per model turn and ``max_turns`` × it for the whole trajectory
+    (model and environment tokens), the trainer's default (``rollout.max_tokens``)."""
+    return env.max_turns * max_tokens if env.multi_turn else max_tokens
+
+
+def _episode_samples(
+    chunk: Sequence[Problem],
+    engine: Any,
+    tok: Any,
+    suite: SuiteConfig,
+    env: Environment,
+    params: Any,
+) -> list[list[dict[str, Any]]]:
+    """``suite.n`` episodes of each problem of a multi-turn env (``run_episodes``), each sample
+    scored on its whole trajectory (``score_episode``: by default the final submission).
+    ``text`` is the final model turn (what maj@k votes on), ``messages`` the conversation
+    with roles. Episodes advance in lockstep (``batch_frac=1``) so a seeded chunk's samples
+    do not depend on tool timing: the cache's reproducibility holds."""
+    from verirl.rollout.episodes import run_episodes
+
+    out = run_episodes(engine, env, [p.row for p in chunk], suite.n, params, tok,
+                       suite.chat_template, max_tokens=turn_budget(env, suite.sampling.max_tokens),
+                       batch_frac=1.0)  # fmt: skip
+    per_problem = []
+    for group, results in zip(out.completions, out.rewards, strict=True):
+        samples = []
+        for c, r in zip(group, results, strict=True):
+            ep = c.extra["episode"]
+            samples.append(_sample(c, r) | {
+                "text": ep.final_text, "messages": ep.messages, "turns": ep.turns,
+                "tool_calls": ep.tool_calls, "tool_errors": ep.tool_errors,
+                "truncated": ep.truncated})  # fmt: skip
+        per_problem.append(samples)
+    return per_problem
 
 
 def _strip_stop(text: str, stops: Sequence[str]) -> str:
