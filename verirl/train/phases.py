@@ -38,6 +38,8 @@ from verirl.train.update import (
 
 @dataclass
 class Run:
+    """Everything ``loop.prepare`` built for a run: the phases read it, none replaces it."""
+
     cfg: TrainConfig
     run_dir: Path
     model: Any
@@ -70,6 +72,7 @@ class StepSettings:
 
 
 def step_settings(run: Run) -> StepSettings:
+    """The run's ``StepSettings`` (a ConfigError from ``turns_of`` was raised in prepare)."""
     cfg, ctx = run.cfg, run.ctx
     r, a = cfg.rollout, cfg.algo
     batch_size = a.batch_size // ctx.world_size
