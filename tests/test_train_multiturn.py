@@ -32,7 +32,8 @@ from verirl.train.batch import Rollout, rollout_logprobs, to_batch
 from verirl.train.config import AlgoSection, TrainConfig
 from verirl.train.loop import train
 from verirl.train.metrics import read_metrics
-from verirl.train.scoring import with_advantages
+from verirl.train.phases import _metric_counts
+from verirl.train.scoring import episode_stats, with_advantages
 from verirl.train.update import objective_config, policy_update
 
 # Two trajectories of one prompt: model [10, 11], env [20, 21, 22], model [12, 13]; and a
@@ -333,3 +334,16 @@ def test_rollout_max_turns_above_the_envs_is_a_config_error(tiny_model_dir, tmp_
     with pytest.raises(ConfigError, match=r"rollout\.max_turns=5 exceeds env"):
         _train(tiny_model_dir, tmp_path, rollout={"max_turns": 5})
     assert not (tmp_path / "run").exists()
+
+
+def test_episode_metrics_are_reduced_over_ranks_weighted_by_episodes():
+    groups = _groups()
+    groups[0][0].extra["episode"] = Episode(row={}, turns=2, tool_calls=1, truncated=True)
+    groups[0][1].extra["episode"] = Episode(row={}, turns=1, tool_calls=0, tool_errors=0)
+    stats = episode_stats(groups)
+    assert stats == {"turns_mean": 1.5, "tool_calls_mean": 0.5, "tool_errors_mean": 0.0,
+                     "truncated_frac": 0.5}  # fmt: skip
+    ro = _rollout(groups, [1.0, 0.0], stats=stats)
+    counts = _metric_counts(ro, None)
+    assert all(counts[k] == 2.0 for k in stats)  # one weight per episode
+    assert episode_stats([[_completion(0, [1], [1])]]) == {}  # single-turn: no episode keys
