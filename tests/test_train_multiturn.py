@@ -347,3 +347,16 @@ def test_episode_metrics_are_reduced_over_ranks_weighted_by_episodes():
     counts = _metric_counts(ro, None)
     assert all(counts[k] == 2.0 for k in stats)  # one weight per episode
     assert episode_stats([[_completion(0, [1], [1])]]) == {}  # single-turn: no episode keys
+
+
+def test_lockstep_turns_make_a_multi_turn_run_reproducible(tiny_model_dir, tmp_path):
+    """rollout.turn_batch_frac = 1: every turn is one batch of all running episodes, so the
+    samples (and hence the whole run) do not depend on how fast the environment answers."""
+    timing = {"step_seconds", "gen_seconds", "sync_seconds", "tokens_per_s"}
+
+    def metrics(name: str) -> list[dict]:
+        run_dir = _train(tiny_model_dir, tmp_path, rollout={"turn_batch_frac": 1.0}, name=name,
+                         train={"steps": 2, "lr": 1e-2})  # fmt: skip
+        return [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(run_dir)]
+
+    assert metrics("a") == metrics("b")

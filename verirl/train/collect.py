@@ -95,7 +95,8 @@ def collect(
 
     # run_episodes' own pool: tool calls of different episodes run concurrently
     out = run_episodes(engine, env, rows, a.group_size, sampling, tok, cfg.model.chat_template,
-                       max_turns=turns.max_turns, max_tokens=turns.budget)  # fmt: skip
+                       max_turns=turns.max_turns, max_tokens=turns.budget,
+                       batch_frac=cfg.rollout.turn_batch_frac)  # fmt: skip
     flat = [r for group in out.rewards for r in group]
     return Collected(rows, prompts, out.completions, scored(flat), time.perf_counter() - t0)
 

@@ -92,6 +92,14 @@ class RolloutSection(StrictModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="nucleus sampling (1: off)")
     top_k: int = Field(default=0, ge=0, description="top-k sampling (0: off)")
     stop: list[str] = Field(default_factory=list, description="stop strings")
+    turn_batch_frac: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="multi-turn envs: the next turn is generated once this share of the running "
+        "episodes has its environment answer (others' tool calls overlap with it); 1.0: all "
+        "episodes in lockstep, so a run is reproducible whatever the tools' timing",
+    )
     batch_size: int | None = Field(
         default=None, ge=1, description="max sequences per generate call"
     )
