@@ -347,3 +347,20 @@ def test_vllm_generate_ids_continues_a_trajectory(policy, tiny_model_dir):
         assert len(v[1][0].token_ids) <= 2
     finally:
         vllm.close()
+
+
+def test_stop_strings_match_across_tokens_and_split_characters(policy):
+    """The hf engine's stop-string check on byte tokens: a stop ending in a two-byte character
+    completes only at its second byte (each byte alone decodes to U+FFFD: still a candidate)."""
+    from verirl.rollout.hf import _StopStrings
+
+    _, tok = policy
+    seqs = ["xaé!", "xa</p>", "xa\u00e8!!"]  # the last one never matches
+    rows = [tok(s, add_special_tokens=False)["input_ids"] for s in seqs]
+    width = max(len(r) for r in rows)
+    toks = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    stops = _StopStrings(tok, ("aé", "</p>"), {})
+    for t in range(width):
+        stops.check(toks, t, torch.tensor([t < len(r) and i not in stops.at for i, r in enumerate(rows)]), len(tok))  # fmt: skip
+    assert stops.at == {0: 4, 1: 6}  # "x", "a", 0xC3, 0xA9; "x", "a", "<", "/", "p", ">"
+    assert stops.cut("xaé!") == "xaé" and stops.cut("nothing") == "nothing"
