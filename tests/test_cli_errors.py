@@ -144,7 +144,7 @@ def test_prompts_longer_than_the_context_are_skipped_with_a_count(capsys):
     env = make_env("arithmetic", train_size=5, test_size=5)
     tok = build_tokenizer()
     rows = [*env.rows("train"), {"question": "1+" * 40 + "1", "answer": "41"}]
-    cfg = SimpleNamespace(rollout=SimpleNamespace(max_new_tokens=8),
+    cfg = SimpleNamespace(rollout=SimpleNamespace(max_new_tokens=8, max_turns=None, max_tokens=None),
                           model=SimpleNamespace(chat_template="auto"),
                           env=SimpleNamespace(name="arithmetic", split="train"))  # fmt: skip
     kept = fits_context(env, rows, tok, cfg, context=40)
@@ -152,6 +152,30 @@ def test_prompts_longer_than_the_context_are_skipped_with_a_count(capsys):
     assert "skipped 1 of 6 rows" in capsys.readouterr().out
     with pytest.raises(ConfigError, match=r"rollout\.max_new_tokens"):
         fits_context(env, rows, tok, cfg, context=9)
+
+
+def test_a_multi_turn_prompt_must_leave_room_for_the_whole_trajectory(capsys):
+    """A trajectory adds up to rollout.max_tokens (model and environment tokens), not one
+    turn's max_new_tokens: a prompt that fits one turn but not the trajectory is skipped."""
+    from types import SimpleNamespace
+
+    from verirl.envs import make_env
+
+    from verirl.train.run import fits_context
+
+    env = make_env("guess_number", train_size=3, test_size=3, max_turns=3)
+    tok = build_tokenizer()
+    rows = list(env.rows("train"))
+    prompt_len = max(len(tok(env.prompt(r) if isinstance(env.prompt(r), str) else
+                             "\n".join(m["content"] for m in env.prompt(r)))["input_ids"])
+                     for r in rows)  # fmt: skip
+    cfg = SimpleNamespace(rollout=SimpleNamespace(max_new_tokens=8, max_turns=None, max_tokens=None),
+                          model=SimpleNamespace(chat_template="auto"),
+                          env=SimpleNamespace(name="guess_number", split="train"))  # fmt: skip
+    # default budget 3 turns x 8 tokens = 24: room for one turn (8) is not enough
+    with pytest.raises(ConfigError, match=r"rollout\.max_tokens=24"):
+        fits_context(env, rows, tok, cfg, context=prompt_len + 16)
+    assert fits_context(env, rows, tok, cfg, context=prompt_len + 30) == rows
 
 
 def test_eval_prompt_longer_than_the_context_is_a_clear_error_for_vllm(tiny_model_dir, capsys):

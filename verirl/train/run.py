@@ -84,27 +84,31 @@ def claim_on_rank0(cfg: Any, ctx: dist.DistContext, overwrite: bool, unique: boo
 
 
 def fits_context(env: Environment, rows: Any, tok: Any, cfg: Any, context: int | None) -> Any:
-    """The rows whose prompt plus ``rollout.max_new_tokens`` fit the model's context; the rest
-    are dropped with a count (a longer prompt would fail inside either engine). No rows left
-    is a ConfigError naming the keys to change."""
+    """The rows whose prompt plus the tokens a sample may add fit the model's context:
+    ``rollout.max_new_tokens``, or for a multi-turn env the trajectory's budget
+    (``rollout.max_tokens``, model and environment tokens). The rest are dropped with a count
+    (a longer prompt would fail inside either engine). No rows left is a ConfigError naming the
+    keys to change."""
     if not context:
         return rows
-    budget = context - cfg.rollout.max_new_tokens
+    from verirl.train.collect import turns_of
+
+    turns = turns_of(cfg, env)
+    key = "rollout.max_tokens" if turns.multi_turn else "rollout.max_new_tokens"
+    budget = context - turns.budget
     keep = [r for r in rows
             if len(tok(render_prompt(env.prompt(r), tok, cfg.model.chat_template),
                        add_special_tokens=False)["input_ids"]) <= budget]  # fmt: skip
     if not keep:
         raise ConfigError(
             f"every prompt of env {cfg.env.name!r} split {cfg.env.split!r} is longer than the "
-            f"model's context ({context} tokens) minus rollout.max_new_tokens="
-            f"{cfg.rollout.max_new_tokens}; lower rollout.max_new_tokens or use a model with a "
-            "longer context"
+            f"model's context ({context} tokens) minus {key}={turns.budget}; lower {key} or "
+            "use a model with a longer context"
         )
     if len(keep) < len(rows):
         print(
             f"warning: skipped {len(rows) - len(keep)} of {len(rows)} rows whose prompt + "
-            f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} exceeds the model's context "
-            f"({context} tokens)",
+            f"{key}={turns.budget} exceeds the model's context ({context} tokens)",
             flush=True,
         )
     return keep
