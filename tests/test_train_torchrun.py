@@ -104,7 +104,7 @@ def idle_rank_runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     import yaml
     from verirl.envs.registry import make_env
 
-    from verirl.train.update import batch_rows
+    from verirl.train.batch import batch_rows
 
     rows = make_env("test-ascii-fraction").rows("train")
     rank0 = [r["prompt"] for r in batch_rows(rows, 0, 4, seed=0)][:2]  # shard_groups(4): 0, 1

@@ -31,11 +31,11 @@ from verirl.progress import Progress
 from verirl.prompts import join_messages, render_prompt, uses_chat_template
 from verirl.rundir import clear_run_dir
 from verirl.train import checkpoint as ckpt
+from verirl.train.batch import batch_rows
 from verirl.train.dpo_config import DpoData
 from verirl.train.metrics import MetricsLogger, plot_curves
 from verirl.train.model import Batch, pack
 from verirl.train.run import lr_lambda
-from verirl.train.update import batch_rows
 
 
 @dataclass(frozen=True)

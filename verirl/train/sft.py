@@ -26,13 +26,14 @@ from verirl.config import write_resolved_config
 from verirl.errors import ConfigError, DataError
 from verirl.jsonl import read_jsonl
 from verirl.progress import Progress
+from verirl.prompts import render_prompt
 from verirl.rollout.base import end_token_ids
 from verirl.rollout.turns import render_messages, uses_template
 from verirl.rundir import clear_run_dir
 from verirl.train import checkpoint as ckpt
 from verirl.train.config import SftConfig, check_device
 from verirl.train.metrics import SFT_CURVES, MetricsLogger, plot_curves
-from verirl.train.model import Batch, forward_logits, load_policy, pack, render_prompt
+from verirl.train.model import Batch, forward_logits, load_policy, pack
 from verirl.train.run import lr_lambda, make_run_dir
 
 # One training row: prompt ids, completion ids (turns and environment messages), and the
