@@ -13,8 +13,9 @@ One function serves two sources of a block's logits z:
   projected block by block and the backward pass turns each block's ∂z straight into
   ∂h = ∂z·W, ∂W += ∂zᵀ·h, ∂b += Σ ∂z (the liger-kernel "fused linear cross-entropy" idea, in
   plain torch), so no [B, T, V] gradient exists. With ``keep_logits`` the projected logits are
-  kept for the backward (B·T·V floats, no second head matmul); without, each block is projected
-  again (one more head matmul, memory O(chunk_tokens · V)).
+  kept for the backward, which overwrites them with their gradient: B·T·V floats in all instead
+  of logits + gradient, and the matmuls of a plain head; without, each block is projected again
+  (one more head matmul, memory O(chunk_tokens · V)).
 
 Both log-prob and entropy are computed in (at least) float32: bf16 carries ~3 significant digits,
 too few for a log-normaliser over 10⁵ terms.
@@ -76,6 +77,13 @@ def _block_logits(
     return x[r, c] if weight is None else F.linear(x[r, c], weight, bias)
 
 
+def _entropy(z: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """H = −Σ_v p_v log p_v with log p = z − lse ([b, t, V], [b, t] -> [b, t]). Not the equal
+    lse − Σ_v p_v z_v: with logits in the tens that difference loses ~1e-5 to cancellation."""
+    logp = z - lse.unsqueeze(-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
 def _logit_grad(
     z: torch.Tensor, lse: torch.Tensor, tokens: torch.Tensor, g: torch.Tensor, tau: float
 ) -> torch.Tensor:
@@ -107,20 +115,17 @@ class _TokenLogprobs(torch.autograd.Function):
         out = torch.empty(tokens.shape, dtype=dtype, device=x.device)  # [B, T]
         lse = torch.empty_like(out)  # [B, T] log Σ_v exp(z_v / τ)
         ent = torch.empty_like(out) if with_entropy else out.new_empty(0)  # [B, T]
-        kept = None
-        if weight is not None and keep_logits:  # [B, T, V] projected logits for the backward
-            kept = torch.empty((*tokens.shape, weight.shape[0]), dtype=x.dtype, device=x.device)
+        # Kept, the head's logits [B, T, V] in one matmul; the backward overwrites them with
+        # their gradient (so a second backward through the same graph is refused).
+        kept = F.linear(x, weight, bias) if weight is not None and keep_logits else None
         for r, c in _blocks(tokens.shape[0], tokens.shape[1], chunk_tokens):
-            raw = _block_logits(x, weight, bias, r, c)  # [b, t, V]
-            if kept is not None:
-                kept[r, c] = raw
-            z = raw.to(dtype)
+            raw = kept[r, c] if kept is not None else _block_logits(x, weight, bias, r, c)
+            z = raw.to(dtype)  # [b, t, V]
             z = z / temperature if temperature != 1.0 else z
             lse[r, c] = torch.logsumexp(z, dim=-1)
             out[r, c] = z.gather(-1, tokens[r, c].unsqueeze(-1)).squeeze(-1) - lse[r, c]
-            if with_entropy:  # H = lse − Σ_v p_v z_v while the block is at hand
-                p = (z - lse[r, c].unsqueeze(-1)).exp_()
-                ent[r, c] = lse[r, c] - (p * z).sum(-1)
+            if with_entropy:  # while the block is at hand
+                ent[r, c] = _entropy(z, lse[r, c])
         ctx.save_for_backward(x, weight, bias, tokens, lse, kept)
         ctx.chunk_tokens, ctx.temperature = chunk_tokens, temperature
         ctx.mark_non_differentiable(ent)
@@ -131,19 +136,29 @@ class _TokenLogprobs(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, grad_out: torch.Tensor, _grad_entropy: Any
     ) -> tuple[Any, ...]:
-        x, weight, bias, tokens, lse, kept = ctx.saved_tensors
-        tau = ctx.temperature
-        if weight is None:  # ∂ logits
-            grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-            for r, c in _blocks(tokens.shape[0], tokens.shape[1], ctx.chunk_tokens):
-                grad_x[r, c] = _logit_grad(x[r, c], lse[r, c], tokens[r, c], grad_out[r, c], tau)
-            return grad_x, None, None, None, None, None, None, None
-        grad_x = torch.zeros_like(x)  # ∂h
+        try:
+            x, weight, bias, tokens, lse, kept = ctx.saved_tensors
+        except RuntimeError as e:  # the kept logits are already their gradient
+            raise RuntimeError("head_token_logprobs_and_entropy(keep_logits=True) allows one "
+                               "backward pass (retain_graph, gradcheck: keep_logits=False)") from e  # fmt: skip
+        tau, blocks = ctx.temperature, _blocks(tokens.shape[0], tokens.shape[1], ctx.chunk_tokens)
+        if weight is None or kept is not None:  # ∂ logits [B, T, V], then (head) two matmuls
+            grad_z = torch.empty(x.shape, dtype=x.dtype, device=x.device) if kept is None else kept
+            z = x if kept is None else kept
+            for r, c in blocks:
+                grad_z[r, c] = _logit_grad(z[r, c], lse[r, c], tokens[r, c], grad_out[r, c], tau)
+            if weight is None:
+                return grad_z, None, None, None, None, None, None, None
+            flat_g = grad_z.flatten(0, -2)  # [B·T, V]
+            grad_b = None if bias is None else flat_g.sum(0)
+            grad_w = flat_g.t() @ x.flatten(0, -2)  # [V, H]
+            return grad_z @ weight, grad_w, grad_b, None, None, None, None, None
+        grad_x = torch.zeros_like(x)  # ∂h, block by block from each block's projection again
         acc = torch.promote_types(weight.dtype, torch.float32)  # ∂W, ∂b summed over blocks
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
         grad_b = None if bias is None else torch.zeros(bias.shape, dtype=acc, device=bias.device)
-        for r, c in _blocks(tokens.shape[0], tokens.shape[1], ctx.chunk_tokens):
-            z = kept[r, c] if kept is not None else _block_logits(x, weight, bias, r, c)
+        for r, c in blocks:
+            z = _block_logits(x, weight, bias, r, c)
             gz = _logit_grad(z, lse[r, c], tokens[r, c], grad_out[r, c], tau).to(x.dtype)
             grad_x[r, c] = gz @ weight
             flat_g, flat_x = gz.flatten(0, -2), x[r, c].flatten(0, -2)  # [b·t, V], [b·t, H]
@@ -186,7 +201,7 @@ def token_logprobs_and_entropy(
     entropy: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``token_logprobs`` and, from the same pass over the logits, the entropy of each
-    position's distribution softmax(z/τ), H = logsumexp(z/τ) − Σ_v p_v z_v/τ ([B, T], no grad;
+    position's distribution softmax(z/τ), H = −Σ_v p_v log p_v ([B, T], no grad;
     an empty tensor with ``entropy=False``).
 
     Equals ``(token_logprobs(...), entropy_from_logits(logits.detach() / τ))`` without the
@@ -220,7 +235,7 @@ def head_token_logprobs_and_entropy(
     ``keep_logits`` True keeps the B·T·V projected logits for the backward pass (half the
     memory of logits + their gradient, the same matmuls); False projects each block again in
     the backward (one more head matmul, peak extra memory ~2·chunk_tokens·V floats); None
-    (default) keeps them up to ``KEEP_LOGITS_ELEMENTS``.
+    (default) keeps them up to ``KEEP_LOGITS_ELEMENTS`` when a gradient will be taken.
 
     >>> h, w = torch.randn(2, 3, 4), torch.randn(5, 4)
     >>> lp, _ = head_token_logprobs_and_entropy(h, w, None, torch.zeros(2, 3, dtype=torch.long))
@@ -229,15 +244,16 @@ def head_token_logprobs_and_entropy(
     """
     _check(hidden, tokens, temperature, "hidden")
     chunk = _chunk(chunk_tokens, weight.shape[0])
-    if keep_logits is None:
-        keep_logits = tokens.numel() * weight.shape[0] <= KEEP_LOGITS_ELEMENTS
+    if keep_logits is None:  # never under no_grad (π_old, π_ref): blocks then bound the memory
+        grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+        keep_logits = grad and tokens.numel() * weight.shape[0] <= KEEP_LOGITS_ELEMENTS
     out, ent = _TokenLogprobs.apply(hidden, weight, bias, tokens, chunk, temperature, True,
                                     keep_logits)  # fmt: skip
     return out, ent
 
 
 def entropy_from_logits(logits: torch.Tensor, *, chunk_tokens: int | None = None) -> torch.Tensor:
-    """H = −Σ_v p_v log p_v = logsumexp(z) − Σ_v p_v z_v per position. [B, T, V] -> [B, T].
+    """H = −Σ_v p_v log p_v per position. [B, T, V] -> [B, T].
 
     At least float32, in blocks of ``chunk_tokens`` positions (default as ``token_logprobs``). Meant for metrics: call it on
     ``logits.detach()`` (with grad, autograd keeps each block's softmax).
@@ -249,6 +265,5 @@ def entropy_from_logits(logits: torch.Tensor, *, chunk_tokens: int | None = None
     out = torch.empty(logits.shape[:-1], dtype=dtype, device=logits.device)  # [B, T]
     for r, c in _blocks(out.shape[0], out.shape[1], _chunk(chunk_tokens, logits.shape[-1])):
         z = logits[r, c].to(dtype)  # [b, t, V]
-        p = torch.softmax(z, dim=-1)
-        out[r, c] = torch.logsumexp(z, dim=-1) - (p * z).sum(-1)
+        out[r, c] = _entropy(z, torch.logsumexp(z, dim=-1))
     return out
