@@ -1,28 +1,41 @@
 """GRPO step time and peak memory, verirl vs TRL, on a real-vocabulary model: Qwen2.5-0.5B's
 config (tied embeddings, q/k/v bias, GQA 14:2) cut to 4 layers, with its 151,936-token vocabulary.
 
-There the LM head and the log-softmax over the vocabulary dominate: a [B, T, 151936] float32
-tensor is 0.6 MB per position. Random weights; a byte-level tokenizer whose 151,936 ids past the bytes
-decode to words (half of them ASCII, half not), so every sampled id decodes; reward = the share of ASCII characters in
-the completion, dense and varying, so both trainers compute real gradients on every row. Same
-job for both: `--prompts` prompts × `--group` completions, `--new-tokens` new tokens, β = 0,
-fp32, CPU, one optimizer step per generation batch. Each trainer runs in its own subprocess
-(peak RSS = ru_maxrss of that process); the two alternate over `--rounds`. Prints per-step
-medians, peak RSS, the ratios, and verirl's own split of a step (generation vs update).
+At that shape the LM head is 136 M of the model's 196 M parameters: per completion token it is
+~70 % of the matmul work, and a [tokens, 151936] float32 tensor is 0.6 MB per position. Random
+weights; a byte-level tokenizer whose 151,936 ids past the bytes decode to words (half of them
+ASCII, half not), so every sampled id decodes; reward = the share of ASCII characters in the
+completion, dense and varying, so both trainers compute real gradients on every row. Same job for
+both: `--prompts` prompts × `--group` completions (all in one micro-batch), `--new-tokens` new
+tokens (the prompts are ~47 byte tokens), β = 0, fp32, CPU, AdamW, one optimizer step per
+generation batch, no gradient checkpointing.
 
-    python benchmarks/grpo_vs_trl_realvocab.py --steps 4
+Each trainer runs in its own subprocess; the two alternate over `--rounds`. Peak memory is the
+same measure for both: the child's peak resident set (ru_maxrss), which includes the ~0.5 GB of
+imported libraries. Inside each child a 5 ms sampler of /proc/self/statm attributes the resident
+set to phases (generation, backward, optimizer step, the rest: forward and scoring) marked by the
+same hooks on both sides (``torch.Tensor.backward``, torch's global optimizer-step hooks, each
+trainer's generate); it prints each phase's peak and seconds. Prints per-step medians, the
+ratios, and the load average during the run (the machine may be shared: step times move with
+it, peak memory does not).
+
+    python benchmarks/grpo_vs_trl_realvocab.py            # ~6 min on an idle 2-core machine
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +80,57 @@ class AsciiWords(Environment):
         return RewardResult(r, "correct" if r > 0.9 else "incorrect")
 
 
+class PhasePeaks:
+    """Peak resident set (MiB) and seconds per phase of this process. A daemon thread reads
+    /proc/self/statm every 5 ms (torch releases the GIL in its kernels) and charges the reading
+    to the innermost phase; ``wrap`` marks a function as a phase. Linux only."""
+
+    def __init__(self) -> None:
+        self.stack: list[str] = ["rest"]
+        self.peak: defaultdict[str, float] = defaultdict(float)
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE") / 2**20
+        with open("/proc/self/statm") as f:
+            while True:
+                f.seek(0)
+                rss, phase = int(f.read().split()[1]) * page, self.stack[-1]
+                self.peak[phase] = max(self.peak[phase], rss)
+                time.sleep(0.005)
+
+    def enter(self, phase: str) -> None:
+        self.stack.append(phase)
+        self.seconds[phase] -= time.perf_counter()
+
+    def leave(self) -> None:
+        self.seconds[self.stack.pop()] += time.perf_counter()
+
+    def wrap(self, owner: Any, name: str, phase: str) -> None:
+        fn: Callable[..., Any] = getattr(owner, name)
+
+        def marked(*a: Any, **k: Any) -> Any:
+            self.enter(phase)
+            try:
+                return fn(*a, **k)
+            finally:
+                self.leave()
+
+        setattr(owner, name, marked)
+
+    def watch_backward_and_optimizer(self) -> None:
+        import torch
+
+        self.wrap(torch.Tensor, "backward", "backward")
+        torch.optim.optimizer.register_optimizer_step_pre_hook(lambda *_: self.enter("optimizer"))
+        torch.optim.optimizer.register_optimizer_step_post_hook(lambda *_: self.leave())
+
+    def report(self) -> dict[str, dict[str, float]]:
+        return {"peak_mib": {k: round(v) for k, v in self.peak.items()},
+                "seconds": {k: round(v, 2) for k, v in self.seconds.items() if k != "rest"}}  # fmt: skip
+
+
 def build_model(out: Path, **overrides: Any) -> Path:
     """The word-level tokenizer and a random Qwen2.5-0.5B-shaped model (``QWEN25_05B`` updated
     with `overrides`, e.g. a smaller vocab_size for smoke runs) saved to `out`."""
@@ -101,12 +165,20 @@ def build_model(out: Path, **overrides: Any) -> Path:
     return out
 
 
-def run_verirl(model_dir: str, a: argparse.Namespace, out: Path) -> dict[str, Any]:
-    from verirl.config import validate_config
+def run_verirl(
+    model_dir: str, a: argparse.Namespace, out: Path, peaks: PhasePeaks
+) -> dict[str, Any]:
+    from verirl.config import deep_merge, parse_overrides, validate_config
+    from verirl.rollout.hf import HFRolloutEngine
     from verirl.train.config import TrainConfig
     from verirl.train.loop import train
     from verirl.train.metrics import read_metrics
 
+    peaks.wrap(HFRolloutEngine, "_generate", "generate")
+    if a.head_block_min is not None:  # batches above it score from the hidden state in blocks
+        import verirl.train.model
+
+        verirl.train.model.HEAD_BLOCK_MIN_ELEMENTS = a.head_block_min
     cfg = {
         "name": "verirl", "run_dir": str(out), "model": {"path": model_dir},
         "env": {"name": AsciiWords.name},
@@ -115,23 +187,24 @@ def run_verirl(model_dir: str, a: argparse.Namespace, out: Path) -> dict[str, An
         "train": {"steps": a.steps, "lr": LR, "seed": SEED, "threads": a.threads},
         "log": {"progress": False, "tensorboard": False, "samples_every": 0},
     }  # fmt: skip
+    cfg = deep_merge(cfg, parse_overrides(a.verirl_set))
     rows = read_metrics(train(validate_config(TrainConfig, cfg, "benchmark")))
-    return {"times": [r["step_seconds"] for r in rows], "gen": [r["gen_seconds"] for r in rows],
-            "rewards": [r["reward_mean"] for r in rows]}  # fmt: skip
+    return {"times": [r["step_seconds"] for r in rows], "rewards": [r["reward_mean"] for r in rows]}  # fmt: skip
 
 
-def run_trl(model_dir: str, a: argparse.Namespace, out: Path) -> dict[str, Any]:
+def run_trl(model_dir: str, a: argparse.Namespace, out: Path, peaks: PhasePeaks) -> dict[str, Any]:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    peaks.wrap(GenerationMixin, "generate", "generate")
     torch.set_num_threads(a.threads)
     data = Dataset.from_list([{"prompt": r["prompt"]} for r in AsciiWords().rows()])
     times: list[float] = []
     rewards: list[float] = []
 
-    def reward(completions: list[str], **_: Any) -> list[float]:
+    def reward(completions: list[str], **_: Any) -> list[float | None]:
         return [ascii_share(c) for c in completions]
 
     class Timer(TrainerCallback):  # type: ignore[misc]
@@ -163,10 +236,21 @@ def run_trl(model_dir: str, a: argparse.Namespace, out: Path) -> dict[str, Any]:
     return {"times": times, "rewards": rewards}
 
 
+def child(a: argparse.Namespace) -> None:
+    peaks = PhasePeaks()
+    peaks.watch_backward_and_optimizer()
+    fn = run_verirl if a.child == "verirl" else run_trl
+    res = fn(a.model, a, Path(a.out), peaks)
+    res["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print("RESULT " + json.dumps({**res, **peaks.report()}))
+
+
 def measure(which: str, model_dir: str, a: argparse.Namespace, out: Path) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", which, "--model", model_dir, "--out", str(out),
            "--steps", str(a.steps), "--threads", str(a.threads), "--prompts", str(a.prompts),
-           "--group", str(a.group), "--new-tokens", str(a.new_tokens)]  # fmt: skip
+           "--group", str(a.group), "--new-tokens", str(a.new_tokens),
+           *(x for kv in a.verirl_set for x in ("--verirl-set", kv)),
+           *(["--head-block-min", str(a.head_block_min)] if a.head_block_min is not None else [])]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{which} failed:\n{proc.stderr[-4000:]}")
@@ -174,43 +258,78 @@ def measure(which: str, model_dir: str, a: argparse.Namespace, out: Path) -> dic
     return dict(json.loads(line[len("RESULT ") :]))
 
 
+def summarise(
+    res: dict[str, list[dict[str, Any]]], warmup: int, loads: list[float]
+) -> dict[str, Any]:
+    """Medians over every round's steps after `warmup`, the highest peak of any round, and per
+    phase the highest peak and the median seconds per step."""
+    out: dict[str, Any] = {"load_average": loads}
+    for w, rs in res.items():
+        steps = [t for x in rs for t in x["times"][warmup:]]
+        phases = sorted({p for x in rs for p in x["peak_mib"]})
+        out[w] = {
+            "median_step_s": round(statistics.median(steps), 2), "steps": len(steps),
+            "peak_mib": round(max(x["peak_mib"] for x in rs)),
+            "phase_peak_mib": {p: max(x["peak_mib"].get(p, 0) for x in rs) for p in phases},
+            "phase_s_per_step": {p: round(statistics.median(x["seconds"].get(p, 0.0) / len(x["times"])
+                                                            for x in rs), 2) for p in phases if p != "rest"},
+            "mean_reward": round(statistics.fmean(y for x in rs for y in x["rewards"]), 3),
+        }  # fmt: skip
+    if len(res) == 2:
+        out["ratio_step"] = round(out["verirl"]["median_step_s"] / out["trl"]["median_step_s"], 3)
+        out["ratio_peak"] = round(out["verirl"]["peak_mib"] / out["trl"]["peak_mib"], 3)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=4, help="GRPO steps per run")
+    p.add_argument("--steps", type=int, default=3, help="GRPO steps per run")
     p.add_argument("--rounds", type=int, default=1, help="runs of each, alternating")
     p.add_argument("--warmup", type=int, default=1, help="first steps left out of the median")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--group", type=int, default=4)
-    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--verirl-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for verirl's run (e.g. model.forward=transformers)")  # fmt: skip
+    p.add_argument("--head-block-min", type=int, help="verirl.train.model.HEAD_BLOCK_MIN_ELEMENTS "
+                   "for verirl's run (0: the lean path always scores through the blocked head)")  # fmt: skip
+    p.add_argument("--only", choices=["trl", "verirl"], help="run one side only (its memory)")
+    p.add_argument("--json", help="also write the summary to this file")
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--out", help="work dir (default: a temporary one)")
     p.add_argument("--child", choices=["verirl", "trl"], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        fn = run_verirl if a.child == "verirl" else run_trl
-        res = fn(a.model, a, Path(a.out))
-        res["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print("RESULT " + json.dumps(res))
+        child(a)
         return
+    loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(a.out or tmp)
         model_dir = str(build_model(out / "model"))
-        res: dict[str, list[dict[str, Any]]] = {"trl": [], "verirl": []}
+        sides = ("verirl", "trl") if a.only is None else (a.only,)
+        res: dict[str, list[dict[str, Any]]] = {w: [] for w in sides}
         for r in range(a.rounds):
-            for w in ("trl", "verirl"):
+            for w in sides:
                 res[w].append(measure(w, model_dir, a, out / f"round-{r}-{w}"))
-    med = {w: statistics.median(t for x in rs for t in x["times"][a.warmup :])
-           for w, rs in res.items()}  # fmt: skip
-    peak = {w: max(x["peak_mib"] for x in rs) for w, rs in res.items()}
-    for w in ("trl", "verirl"):
-        rewards = [y for x in res[w] for y in x["rewards"]] or [float("nan")]
-        print(f"{w:>7}: median step {med[w]:.2f} s, peak RSS {peak[w]:.0f} MiB, "
-              f"mean reward {statistics.fmean(rewards):.3f}")  # fmt: skip
-    gen = statistics.median(g for x in res["verirl"] for g in x["gen"][a.warmup :])
-    print(f"verirl step split: generation {gen:.2f} s, rest (logprobs, update) {med['verirl'] - gen:.2f} s")  # fmt: skip
-    print(f"ratio verirl/trl: step {med['verirl'] / med['trl']:.3f}, "
-          f"peak memory {peak['verirl'] / peak['trl']:.3f}")  # fmt: skip
+                loads.append(os.getloadavg()[0])
+    s = summarise(res, a.warmup, loads)
+    s["shape"] = {"prompts": a.prompts, "group": a.group, "new_tokens": a.new_tokens,
+                  "steps": a.steps, "rounds": a.rounds, "threads": a.threads,
+                  "verirl_set": a.verirl_set, "head_block_min": a.head_block_min}  # fmt: skip
+    for w in [w for w in ("trl", "verirl") if w in s]:
+        x = s[w]
+        print(f"{w:>7}: median step {x['median_step_s']:.2f} s over {x['steps']} steps, peak RSS "
+              f"{x['peak_mib']} MiB, mean reward {x['mean_reward']:.3f}")  # fmt: skip
+        print(" " * 9 + "peak MiB by phase " + json.dumps(x["phase_peak_mib"])
+              + ", s/step " + json.dumps(x["phase_s_per_step"]))  # fmt: skip
+    print(
+        "load average (1 min) at start and after each run: " + " ".join(f"{v:.1f}" for v in loads)
+    )
+    if "ratio_step" in s:
+        print(f"ratio verirl/trl: step {s['ratio_step']:.3f}, peak memory {s['ratio_peak']:.3f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(s, indent=1) + "\n")
 
 
 if __name__ == "__main__":
