@@ -20,7 +20,6 @@ rank's tokens by 1/N_r and differ whenever ranks hold different numbers of token
 """
 
 from verirl.train.distributed.collectives import (
-    TRAIN_METRIC_OPS,
     all_reduce_max,
     all_reduce_metrics,
     all_reduce_sum,
@@ -48,7 +47,6 @@ from verirl.train.distributed.state import (
     save_pretrained,
 )
 from verirl.train.distributed.wrap import (
-    STRATEGIES,
     clip_grad_norm,
     no_sync_if,
     unwrap,
@@ -56,8 +54,6 @@ from verirl.train.distributed.wrap import (
 )
 
 __all__ = [
-    "STRATEGIES",
-    "TRAIN_METRIC_OPS",
     "DistContext",
     "all_reduce_max",
     "all_reduce_metrics",
