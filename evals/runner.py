@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -27,15 +26,16 @@ from typing import Any
 
 from verirl.envs.base import Environment, Prompt, Row
 from verirl.envs.registry import make_env
-from verirl.evals.models import model_fingerprint, open_engine, render_prompt
+from verirl.evals.models import model_fingerprint, open_engine
 from verirl.evals.report import problem_record, write_outputs
 from verirl.evals.suite import SuiteConfig
 from verirl.evals.vote import clusters_of_record
 
 from verirl.config import dump_config
 from verirl.errors import ConfigError, DataError, UserError
-from verirl.jsonl import atomic_writer
+from verirl.jsonl import append_jsonl, atomic_writer
 from verirl.progress import Progress
+from verirl.prompts import render_prompt
 
 CACHE_VERSION = 1
 
@@ -133,11 +133,7 @@ def read_cache(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(path, [record], fsync=True)  # a killed eval keeps every sample it wrote
 
 
 def _repair_torn_tail(path: Path) -> None:

@@ -17,11 +17,11 @@ from typing import Any
 
 from verirl.envs.base import Environment, Row
 from verirl.errors import ConfigError
+from verirl.prompts import render_prompt
 from verirl.rewards.result import RewardResult
 from verirl.rollout.base import Completion, RolloutEngine, SamplingParams
 from verirl.train.batch import batch_rows
 from verirl.train.config import TrainConfig
-from verirl.train.model import render_prompt
 from verirl.train.scoring import score_async, scored
 
 

@@ -14,10 +14,10 @@ from typing import Any
 from verirl.envs.base import Environment
 from verirl.envs.registry import make_env
 from verirl.errors import ConfigError, DataError, UserError
+from verirl.prompts import render_prompt
 from verirl.rundir import claim_run_dir
 from verirl.train import checkpoint as ckpt
 from verirl.train import distributed as dist
-from verirl.train.model import render_prompt
 
 
 def lr_lambda(schedule: str, warmup: int, total: int) -> Any:
