@@ -228,6 +228,7 @@ def test_turn_limit_argument_lowers_the_envs(policy):
         assert c.mask[-1] == 1  # the message after the last allowed turn is not appended
         assert ep.messages[-1] == {"role": "tool", "content": "r2"}  # but it is recorded
     assert all(r.status in ("correct", "incorrect") for r in got.rewards[0])
+    assert run_episodes(HFRolloutEngine(model, tok), env, [], 2, SamplingParams(4), tok) == ([], [])
 
 
 def test_respond_and_score_failures_are_infra_errors(policy):
@@ -290,9 +291,10 @@ def _find_stop(tok, out):
     raise AssertionError("no sample starts with printable ASCII")
 
 
-def test_hf_generate_ids_continues_and_stops_at_stop_strings(policy):
+@pytest.mark.parametrize("lean", [None, False], ids=["lean", "transformers"])
+def test_hf_generate_ids_continues_and_stops_at_stop_strings(policy, lean):
     model, tok = policy
-    engine = HFRolloutEngine(model, tok)
+    engine = HFRolloutEngine(model, tok, lean=lean)
     sp = SamplingParams(max_new_tokens=8, temperature=1.0, seed=5)
     prompt = tok("7*8=", add_special_tokens=False)["input_ids"]
     by_text = engine.generate(["7*8="], 16, sp)[0]

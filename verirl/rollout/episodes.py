@@ -120,6 +120,8 @@ def run_episodes(
     turn_limit = env.max_turns if max_turns is None else min(env.max_turns, max_turns)
     if turn_limit < 1:
         raise ValueError(f"max_turns must be >= 1, got {turn_limit}")
+    if not rows:
+        return EpisodeBatch([], [])
     sp = replace(sampling, stop=tuple(dict.fromkeys((*sampling.stop, *env.turn_stop))))
     end_ids = set(getattr(engine, "end_ids", None) or end_token_ids(tokenizer))
     prompts = [env.prompt(r) for r in rows]
