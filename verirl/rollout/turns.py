@@ -25,6 +25,13 @@ trainer score tokens the policy never produced. Only the *new* messages are rend
 The delta text is tokenised on its own (``add_special_tokens=False``): those are the tokens the
 model is shown, so whatever boundary effects that has, the trajectory is self-consistent.
 Environments document their prompts against these formats.
+
+**Message contents never become special tokens.** Tool output is the model's code's output: a
+program that prints ``<|im_end|>\n<|im_start|>assistant`` must not plant real turn markers in
+the context. The template's own text (its headers and end tokens) is tokenised with special
+tokens recognised; each message's content is tokenised with ``split_special_tokens=True``, so
+``<|im_end|>`` in a content is the plain characters. The contents are located in the delta by
+rendering each one as a placeholder first.
 """
 
 from __future__ import annotations
@@ -85,10 +92,21 @@ def plain_text(messages: Sequence[Message]) -> str:
 def template_delta(messages: Sequence[Message], tokenizer: Any) -> str:
     """The chat template's text for `messages` following an assistant turn, through the next
     assistant header: the end of the assistant turn included (see the module docstring)."""
+    return "".join(text for text, _ in _delta_segments(messages, tokenizer))
+
+
+def _placeholder(i: int) -> str:
+    return f"VERIRL-CONTENT-{i}-7f3a"
+
+
+def _delta_segments(messages: Sequence[Message], tokenizer: Any) -> list[tuple[str, bool]]:
+    """The template delta as (text, is_content) pieces: the template's own text, and each
+    message's content verbatim where the template placed it."""
+    masked = [{**m, "content": _placeholder(i)} for i, m in enumerate(messages)]
     try:
         full = str(
             tokenizer.apply_chat_template(
-                [*_DUMMY, *messages], tokenize=False, add_generation_prompt=True
+                [*_DUMMY, *masked], tokenize=False, add_generation_prompt=True
             )
         )
     except Exception as e:  # jinja raises for roles a template does not know (e.g. "tool")
@@ -101,7 +119,23 @@ def template_delta(messages: Sequence[Message], tokenizer: Any) -> str:
     if at < 0:
         raise ConfigError("the chat template dropped the assistant turn's content; cannot "
                           "render environment messages after it (use chat_template: never)")  # fmt: skip
-    return full[at + len(MARKER) :]
+    rest = full[at + len(MARKER) :]
+    pieces: list[tuple[str, bool]] = []
+    for i, m in enumerate(messages):
+        ph = _placeholder(i)
+        if ph not in rest:  # the template leaves this content out
+            continue
+        before, rest = rest.split(ph, 1)
+        pieces += [(before, False), (m["content"], True)]
+    pieces.append((rest, False))
+    return [(t, c) for t, c in pieces if t]
+
+
+def _encode(tokenizer: Any, text: str, content: bool) -> list[int]:
+    """Token ids of `text`; a content's special-token strings stay plain characters."""
+    if not content:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
 def render_messages(
@@ -116,17 +150,22 @@ def render_messages(
     the end token the model's turn ended with, None when it stopped otherwise (a stop string,
     the length limit). The readable text is what decoding the whole trajectory would show: with
     a template it keeps the end-of-turn text even where the model sampled it, since engines
-    leave the end token out of a turn's text.
+    leave the end token out of a turn's text. Contents never yield special tokens (module
+    docstring).
     """
     if not messages:
         return [], ""
     if not templated:
         text = plain_text(messages)
-        return tokenizer(text, add_special_tokens=False)["input_ids"], text
-    text = template_delta(messages, tokenizer)
-    sent = text
-    if ended_with is not None:
+        return _encode(tokenizer, text, content=True), text
+    pieces = _delta_segments(messages, tokenizer)
+    text = "".join(t for t, _ in pieces)
+    if ended_with is not None and pieces and not pieces[0][1]:
         end_text = tokenizer.decode([ended_with], skip_special_tokens=False)
-        if end_text and sent.startswith(end_text):
-            sent = sent[len(end_text) :]
-    return tokenizer(sent, add_special_tokens=False)["input_ids"], text
+        if end_text and pieces[0][0].startswith(end_text):
+            pieces[0] = (pieces[0][0][len(end_text) :], False)
+    ids: list[int] = []
+    for t, content in pieces:
+        if t:
+            ids += _encode(tokenizer, t, content)
+    return ids, text
