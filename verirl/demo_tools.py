@@ -169,7 +169,7 @@ def main(
                            [*common, "name=grpo", f"model.path={out / 'sft/final'}",
                             *grpo_overrides])  # fmt: skip
     train(grpo_cfg)
-    plot_curves(out / "grpo", ("reward_mean", "tool_calls_mean", "turns_mean", "entropy"),
+    plot_curves(out / "grpo", ("reward_mean", "tool_calls_mean", "tool_errors_mean", "entropy"),
                 "tools_curves", "GRPO with a Python tool")  # fmt: skip
     t_grpo = time.perf_counter() - t0 - t_sft
     print(f"[4/4] held-out: {eval_problems} test problems x {eval_samples} episodes, base vs GRPO")
