@@ -56,3 +56,12 @@ def test_sft_on_jsonl_lowers_loss_and_saves_model(tiny_model_dir, tmp_path):
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
     model = AutoModelForCausalLM.from_pretrained(run_dir / "final")
     assert model.config.vocab_size > 0 and (run_dir / f"{run_dir.name}_curves.png").is_file()
+
+
+def test_multi_turn_labels_leave_out_prompt_padding_and_environment_tokens():
+    from verirl.train.sft import loss_labels
+
+    # row 0: prompt [7, 8], completion [4, 5, 6] with 5 the environment's (tool output)
+    b = pack([[7, 8], [7]], [[4, 5, 6], [9]], pad=0, device="cpu")
+    labels = loss_labels(b, [[1, 0, 1], [1]])
+    assert labels.tolist() == [[-100, 4, -100, 6], [9, -100, -100, -100]]
