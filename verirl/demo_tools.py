@@ -161,6 +161,7 @@ def main(
         *common, "name=sft", f"model.path={out / 'tiny-model'}",
         f"data.path={out / 'sft_data.jsonl'}", *sft_overrides])  # fmt: skip
     env = make_env(sft_cfg.env.name, **sft_cfg.env.options)
+    _check_sandbox(str(sft_cfg.env.options.get("sandbox", "auto")))
     demos = write_tool_demos(env, out / "sft_data.jsonl", p_tool)
     sft(sft_cfg)
     t_sft = time.perf_counter() - t0
@@ -208,6 +209,19 @@ def main(
     print(f"{'seconds_total':>18}: {summary['seconds_total']:.0f}")
     print(f"wrote {out}: summary.json, report.md, sft/, grpo/ (tools_curves.png), eval/")
     return 0
+
+
+def _check_sandbox(kind: str) -> None:
+    """Fail before training when the tool's sandbox cannot start: every tool call would be an
+    infra_error, masked from the loss, and the demo would train on nothing."""
+    from verirl.errors import UserError
+    from verirl.sandboxes.sandbox import make_sandbox
+
+    try:
+        make_sandbox(kind, workers=1).close()  # type: ignore[arg-type]
+    except Exception as e:
+        raise UserError(f"demo --task tools: the {kind} sandbox does not start ({e}); see "
+                        "`verirl sandbox doctor`") from None  # fmt: skip
 
 
 def _write_eval(folder: Path, ev: dict[str, Any]) -> None:
