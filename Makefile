@@ -14,7 +14,7 @@ CONSTRAINTS := .ci/constraints-cpu.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) 2>/dev/null | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: demo compare test install lint typecheck sandbox clean
+.PHONY: demo demo-tools compare test install lint typecheck sandbox clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ demo: install
 
 compare: install
 	$(VENV)/bin/verirl demo --compare
+
+# SFT then GRPO against the Python tool; brings up the Docker sandbox first (needs root).
+demo-tools: install sandbox
+	$(VENV)/bin/verirl demo --task tools
 
 lint: install
 	$(VENV)/bin/ruff check .
