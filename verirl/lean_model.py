@@ -12,7 +12,9 @@ SiLU-gated MLP); the four callers differ only in how attention reads keys and va
 - ``train_forward_shared``: rows that share a prompt (a GRPO group) run that prompt once;
 - ``LeanDecoder.prefill`` / ``.step``: decoding for the hf rollout engine, a preallocated K/V
   buffer per layer written in place, each distinct prompt prefilled once, and, for models up to
-  ``FUSE_MAX_PARAMS``, q|k|v and gate|up as one matmul each on concatenated weight copies.
+  ``FUSE_MAX_PARAMS``, q|k|v and gate|up as one matmul each on concatenated weight copies;
+  ``.take`` / ``.load`` / ``.extend`` carry a multi-turn trajectory's keys and values from one
+  turn to the next, so a turn runs only the tokens appended since the last.
 
 Where it runs (``verirl.train.model.resolve_forward``, config ``model.forward``): ``auto`` takes
 it only on CPU in float32/bfloat16, where it is measured faster and tested equal; on CUDA the
@@ -429,6 +431,68 @@ class LeanDecoder:
             h = decoder_layer(L, h, rms_norm, rope, attend)
         self.len = t
         return _head(self.model, h[:, -1], rms_norm)[rows]
+
+    def load(self, cached: list[torch.Tensor | None]) -> None:
+        """Fill the empty cache with each row's stored keys and values (``take``'s
+        [layers, 2, nkv, n_b, hd], None: nothing), left-padded to the longest; padding is
+        masked in ``neg``. The stored keys carry their RoPE already, so positions need not
+        line up across rows."""
+        if self.len:
+            raise RuntimeError("load needs an empty cache")
+        width = max((0 if c is None else c.shape[3]) for c in cached)
+        self.neg[:, :width] = float("-inf")
+        for kc, vc in zip(self.k, self.v, strict=True):  # masked padding must still be finite:
+            kc[:, :, :width].zero_()  # softmax weight 0 times NaN garbage is NaN
+            vc[:, :, :width].zero_()
+        for b, c in enumerate(cached):
+            if c is None or not c.shape[3]:
+                continue
+            lo = width - c.shape[3]
+            for i in range(len(self.layers)):
+                self.k[i][b, :, lo:width] = c[i, 0]
+                self.v[i][b, :, lo:width] = c[i, 1]
+            self.neg[b, lo:width] = 0.0
+        self.len = width
+
+    def extend(self, ids: torch.Tensor, valid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Append a block of W positions to every row (`ids`, `valid`, `pos`: [B, W]; each
+        row's new tokens left-padded in the block, padding masked) and return the logits of
+        the block's last position [B, V]. Queries attend to every valid cached position and
+        causally within the block: ``prefill`` generalised to a non-empty cache (a multi-turn
+        trajectory's next turn: only the tokens appended since the last one run)."""
+        b, w = ids.shape
+        start, end = self.len, self.len + w
+        self.neg[:, start:end] = 0.0
+        self.neg[:, start:end].masked_fill_(~valid, float("-inf"))
+        eye = torch.eye(w, dtype=torch.bool, device=ids.device)
+        seen = (valid[:, None, :] & eye.cumsum(0).bool()) | eye  # [B, W, W]
+        block = torch.zeros(seen.shape, dtype=self.neg.dtype, device=ids.device)
+        block = block.masked_fill_(~seen, float("-inf"))
+        bias = torch.cat([self.neg[:, None, :start].expand(b, w, start), block], -1)[:, None]
+
+        def attend(L: _Layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            kc, vc = self.k[L.index], self.v[L.index]  # [B, nkv, max_len, hd]
+            kc[:, :, start:end] = k.transpose(1, 2)
+            vc[:, :, start:end] = v.transpose(1, 2)
+            o = attention(q.transpose(1, 2), kc[:, :, :end], vc[:, :, :end], L.scale, bias)
+            return o.transpose(1, 2).reshape(b, w, -1)
+
+        rope = _roper(self.cos[pos][:, :, None], self.sin_rot[pos][:, :, None])  # [B, W, 1, hd]
+        h = F.embedding(ids, self.model.model.embed_tokens.weight)  # [B, W, H]
+        for L in self.layers:
+            h = decoder_layer(L, h, rms_norm, rope, attend)
+        self.len = end
+        return _head(self.model, h[:, -1], rms_norm)
+
+    def take(self, row: int, cols: torch.Tensor) -> torch.Tensor:
+        """Row `row`'s keys and values at cache positions `cols` [n] (its real tokens, in
+        order), copied out as [layers, 2, nkv, n, hd] for ``load`` in a later call."""
+        return torch.stack(
+            [
+                torch.stack((self.k[i][row][:, cols], self.v[i][row][:, cols]))
+                for i in range(len(self.layers))
+            ]
+        )
 
     def step(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Decode: append one token per row (`ids`, `pos`: [B]); logits of it [B, V]."""

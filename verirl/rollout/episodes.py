@@ -32,7 +32,7 @@ import math
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from verirl.envs.base import Environment, Prompt, Row
 from verirl.envs.multiturn import Episode, InfraError, Message, Turn
@@ -72,6 +72,7 @@ class _Trajectory:
     finish: str = "length"
     ended_with: int | None = None  # the end token the last model turn sampled, if any
     result: RewardResult | None = None
+    key: object = field(default_factory=object)  # the engine's KV cache key of this trajectory
 
     def completion(self) -> Completion:
         return Completion(
@@ -171,10 +172,20 @@ class _Driver:
         self.engine, self.env, self.tokenizer, self.sampling = engine, env, tokenizer, sampling
         self.budget, self.turn_limit, self.end_ids, self.pool = budget, turn_limit, end_ids, pool
         self.calls = 0
+        # hf: each trajectory's keys/values stay cached between its turns (``cache_keys``)
+        self.keeps_kv = bool(getattr(engine, "keeps_kv", False))
         self.responding: dict[Future[Turn], _Trajectory] = {}
         self.scoring: list[tuple[Future[RewardResult], _Trajectory]] = []
 
     def run(
+        self, trajs: list[_Trajectory], prompt_ids: list[list[int]], n: int, batch_frac: float
+    ) -> None:
+        try:
+            self._run(trajs, prompt_ids, n, batch_frac)
+        finally:  # the cached keys/values of every episode, ended or not
+            self._release(trajs)
+
+    def _run(
         self, trajs: list[_Trajectory], prompt_ids: list[list[int]], n: int, batch_frac: float
     ) -> None:
         for t in trajs:
@@ -184,7 +195,7 @@ class _Driver:
                 t.result = _infra(self.env, "start", e)
         # Turn 1: the prompts with n samples each, exactly as ``generate`` would run them.
         limits = None if self.budget >= self.sampling.max_new_tokens else [self.budget] * len(prompt_ids)  # fmt: skip
-        first = self._generate(prompt_ids, n, limits)
+        first = self._generate(prompt_ids, n, limits, trajs)  # trajs: row-major, as generate
         for t in trajs:
             self._model_turn(t, first[t.row][t.sample])
         ready: list[_Trajectory] = []
@@ -195,7 +206,7 @@ class _Driver:
             ):
                 batch, ready = ready, []
                 left = [self.budget - len(t.ids) for t in batch]
-                groups = self._generate([t.prompt_ids + t.ids for t in batch], 1, left)
+                groups = self._generate([t.prompt_ids + t.ids for t in batch], 1, left, batch)
                 for t, group in zip(batch, groups, strict=True):
                     self._model_turn(t, group[0])
             elif self.responding:
@@ -208,13 +219,26 @@ class _Driver:
             t.result = _guarded_result(self.env, "score_episode", fut)
 
     def _generate(
-        self, prompt_ids: list[list[int]], n: int, limits: list[int] | None
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        limits: list[int] | None,
+        trajs: list[_Trajectory],
     ) -> list[list[Completion]]:
+        """One generation call; `trajs` are the trajectories of its completions in order."""
         sp = self.sampling
         if sp.seed is not None and self.calls:
             sp = replace(sp, seed=(sp.seed + SEED_STRIDE * self.calls) % 2**31)
         self.calls += 1
+        if self.keeps_kv:
+            keys = [t.key for t in trajs]
+            engine = cast(Any, self.engine)
+            return engine.generate_ids(prompt_ids, n, sp, max_new_tokens=limits, cache_keys=keys)  # type: ignore[no-any-return]
         return self.engine.generate_ids(prompt_ids, n, sp, max_new_tokens=limits)
+
+    def _release(self, trajs: list[_Trajectory]) -> None:
+        if self.keeps_kv:
+            cast(Any, self.engine).release([t.key for t in trajs])
 
     def _model_turn(self, t: _Trajectory, c: Completion) -> None:
         """Append the model's turn; then ask the environment, or end the episode."""
@@ -271,6 +295,7 @@ class _Driver:
 
     def _end(self, t: _Trajectory, score: bool = True) -> None:
         t.episode.done = True
+        self._release([t])  # it generates no more: its cached keys/values go now
         if score:  # scored in the pool too, while other episodes still generate
             self.scoring.append((self.pool.submit(self.env.score_episode, t.episode), t))
 

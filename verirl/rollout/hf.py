@@ -30,6 +30,8 @@ the model's ``generation_config.eos_token_id`` list), as vLLM's do.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,12 +54,15 @@ class HFRolloutEngine(RolloutEngine):
         batch_size: int | None = None,
         synced: bool = False,
         lean: bool | None = None,
+        keep_kv: bool = True,
     ) -> None:
         """`batch_size` caps sequences per `generate` call (None: all at once). `synced`: the
         model is sharded over ranks (FSDP2), so every forward is a collective: decoding runs
         all `max_new_tokens` steps on every rank, finished or not. `lean`:
         decode with ``LeanDecoder`` (True), the model's own forward (False), or decide by
-        ``lean_by_default`` (None: CPU, float32/bfloat16, supported architecture)."""
+        ``lean_by_default`` (None: CPU, float32/bfloat16, supported architecture). `keep_kv`:
+        keep trajectories' keys and values across ``generate_ids`` calls (``cache_keys``);
+        False re-prefills every call (the reference the cache is tested against)."""
         self.model = model
         self.lean = lean
         self.tokenizer = tokenizer
@@ -67,10 +72,22 @@ class HFRolloutEngine(RolloutEngine):
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token")
         self.end_ids = end_token_ids(tokenizer, getattr(model, "generation_config", None))
         self._stop_tokens: dict[tuple[tuple[str, ...], int], torch.Tensor] = {}
+        self._kv: dict[Hashable, _Stored] = {}  # cache key -> a trajectory's keys and values
+        # ``run_episodes`` passes ``cache_keys`` to engines that keep trajectories' caches.
+        self.keeps_kv = keep_kv
 
     def update_weights(self, model: Any) -> float:
         self.model = model
+        self._kv.clear()  # keys and values of other weights are never reused
         return 0.0
+
+    def release(self, keys: list[Hashable]) -> None:
+        """Drop the stored keys and values of these trajectories (finished episodes)."""
+        for key in keys:
+            self._kv.pop(key, None)
+
+    def close(self) -> None:
+        self._kv.clear()
 
     def generate(
         self, prompts: list[str], n: int, sampling: SamplingParams
@@ -84,12 +101,20 @@ class HFRolloutEngine(RolloutEngine):
         n: int,
         sampling: SamplingParams,
         max_new_tokens: list[int] | None = None,
+        cache_keys: list[Hashable] | None = None,
     ) -> list[list[Completion]]:
+        """``RolloutEngine.generate_ids``; `cache_keys`: one key per trajectory, completion j
+        of prompt i at ``i * n + j``. After the call each trajectory's keys and values (its
+        tokens but the last sampled) are stored under its key; a later call whose prompt
+        extends a key's stored tokens (the same trajectory, a turn later) prefills only the
+        tokens after them. Lean path only (module docstring); elsewhere keys are ignored."""
         if max_new_tokens is not None and len(max_new_tokens) != len(prompt_ids):
             raise ValueError(f"{len(max_new_tokens)} token limits for {len(prompt_ids)} prompts")
+        if cache_keys is not None and len(cache_keys) != len(prompt_ids) * n:
+            raise ValueError(f"{len(cache_keys)} cache keys for {len(prompt_ids)} prompts x {n}")
         # FSDP2 reuses its all-gather buffers in training: they must not become inference tensors.
         with torch.no_grad() if self.synced else torch.inference_mode():
-            return self._generate(prompt_ids, n, sampling, max_new_tokens)
+            return self._generate(prompt_ids, n, sampling, max_new_tokens, cache_keys)
 
     def _generate(
         self,
@@ -97,6 +122,7 @@ class HFRolloutEngine(RolloutEngine):
         n: int,
         sampling: SamplingParams,
         limits: list[int] | None,
+        keys: list[Hashable] | None,
     ) -> list[list[Completion]]:
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
@@ -114,7 +140,8 @@ class HFRolloutEngine(RolloutEngine):
             for start in range(0, len(flat), step):
                 chunk = flat[start : start + step]
                 ids = [prompt_ids[i] for i, _ in chunk]
-                for c in self._decode_chunk(ids, sampling, [caps[i] for i, _ in chunk]):
+                chunk_keys = None if keys is None else keys[start : start + step]
+                for c in self._decode_chunk(ids, sampling, [caps[i] for i, _ in chunk], chunk_keys):
                     i, j = chunk[c.prompt_index]
                     c.prompt_index, c.sample_index = i, j
                     out[i].append(c)
@@ -123,31 +150,57 @@ class HFRolloutEngine(RolloutEngine):
         return out
 
     def _decode_chunk(
-        self, ids: list[list[int]], sampling: SamplingParams, caps: list[int]
+        self,
+        ids: list[list[int]],
+        sampling: SamplingParams,
+        caps: list[int],
+        keys: list[Hashable] | None = None,
     ) -> list[Completion]:
-        """Left-padded prefill, then a token per step with the KV cache; stops when every
-        sequence has emitted an end token, completed a stop string or reached its cap.
-        Sampling draws from the global torch RNG (seedable and checkpointed by the trainer)."""
+        """Left-padded prefill (or, for rows continuing a stored trajectory, the stored keys
+        and values extended by the new tokens), then a token per step with the KV cache; stops
+        when every sequence has emitted an end token, completed a stop string or reached its
+        cap. Sampling draws from the global torch RNG (seedable and checkpointed by the
+        trainer)."""
         tok, model = self.tokenizer, self.model
         width, steps_max = max(len(x) for x in ids), max(caps)
         pad, tau = tok.pad_token_id, logprob_temperature(sampling.temperature)
         device = next(model.parameters()).device
-        fast = LeanDecoder(model, len(ids), width + steps_max) if self._lean() else None
-        # The fast path prefills each distinct prompt once (n samples share its keys/values).
-        distinct: dict[tuple[int, ...], int] = {}
-        rows = [distinct.setdefault(tuple(x), len(distinct)) for x in ids]
-        run = [list(x) for x in distinct] if fast is not None else ids
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in run], device=device)
-        att = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in run], device=device)
-        pos = (att.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at 0
-        if fast is not None:
+        lean = self._lean()
+        store = keys is not None and lean and self.keeps_kv and not self.synced
+        version = self._version() if store else ()
+        hits = self._hits(ids, keys, version) if store and keys is not None else [None] * len(ids)
+        fast: LeanDecoder | None = None
+        if any(h is not None for h in hits):
+            # Continue stored trajectories: load their keys/values, run only the new tokens.
+            have = [0 if h is None else len(h.tokens) for h in hits]
+            suffix = [x[k:] for x, k in zip(ids, have, strict=True)]
+            w = max(len(x) for x in suffix)
+            fast = LeanDecoder(model, len(ids), max(have) + w + steps_max)
+            fast.load([None if h is None else h.kv for h in hits])
+            input_ids = torch.tensor([[pad] * (w - len(x)) + x for x in suffix], device=device)
+            valid = torch.tensor([[0] * (w - len(x)) + [1] * len(x) for x in suffix], device=device)  # fmt: skip
+            pos = torch.tensor(have, device=device)[:, None] + (valid.cumsum(-1) - 1).clamp(min=0)
+            logits = fast.extend(input_ids, valid.bool(), pos)
+        elif lean:
+            fast = LeanDecoder(model, len(ids), width + steps_max)
+            # Each distinct prompt is prefilled once (n samples share its keys/values).
+            distinct: dict[tuple[int, ...], int] = {}
+            rows = [distinct.setdefault(tuple(x), len(distinct)) for x in ids]
+            run = [list(x) for x in distinct]
+            input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in run], device=device)
+            att = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in run], device=device)  # fmt: skip
+            pos = (att.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at 0
             index = torch.tensor(rows, device=device)
             logits = fast.prefill(input_ids, att.bool(), pos, index)
             pos = pos[index]
         else:
+            input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
+            att = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)  # fmt: skip
+            pos = (att.cumsum(-1) - 1).clamp(min=0)
             out = model(input_ids=input_ids, attention_mask=att, position_ids=pos,
                         use_cache=True, logits_to_keep=1)  # fmt: skip
             cache, logits = out.past_key_values, out.logits[:, -1]
+        base = fast.len if fast is not None else 0  # cache positions before the first step
         nxt_pos = pos[:, -1] + 1  # [B]
         done = torch.zeros(len(ids), dtype=torch.bool, device=device)
         ends = torch.tensor(self.end_ids, device=device)
@@ -181,7 +234,7 @@ class HFRolloutEngine(RolloutEngine):
             nxt_pos = nxt_pos + 1
         tok_mat = toks[:, :steps].tolist()
         lp_mat = lps[:, :steps].tolist()
-        results = []
+        results: list[Completion] = []
         for b, row in enumerate(tok_mat):
             if b in stopped.at:  # a stop string: kept up to the token that completed it
                 length, finish, is_end = stopped.at[b], "stop", False
@@ -203,12 +256,64 @@ class HFRolloutEngine(RolloutEngine):
                     finish_reason=finish,
                 )
             )
+        if store and fast is not None and keys is not None:
+            self._keep(fast, base, ids, results, keys, version)
         return results
+
+    def _version(self) -> tuple[int, ...]:
+        """The model's identity and its parameters' in-place version counters: any optimizer
+        step, ``load_state_dict`` or ``copy_`` changes it, so stored keys and values of other
+        weights are never used, even without ``update_weights``."""
+        return (id(self.model), *(p._version for p in self.model.parameters()))
+
+    def _hits(
+        self, ids: list[list[int]], keys: list[Hashable], version: tuple[int, ...]
+    ) -> list[_Stored | None]:
+        """Each row's stored trajectory when its tokens are a proper prefix of the row's prompt
+        and were computed by these weights; None (a full prefill) otherwise."""
+        out: list[_Stored | None] = []
+        for x, key in zip(ids, keys, strict=True):
+            h = self._kv.get(key)
+            ok = h is not None and h.version == version and len(h.tokens) < len(x)
+            out.append(h if ok and h is not None and x[: len(h.tokens)] == h.tokens else None)
+        return out
+
+    def _keep(
+        self,
+        fast: LeanDecoder,
+        base: int,
+        ids: list[list[int]],
+        results: list[Completion],
+        keys: list[Hashable],
+        version: tuple[int, ...],
+    ) -> None:
+        """Store each row's keys and values without padding: its prompt's valid positions
+        before `base`, then its sampled tokens but the last (never run through the model)."""
+        valid = fast.neg[:, :base] == 0  # [B, base]
+        for b, (x, c, key) in enumerate(zip(ids, results, keys, strict=True)):
+            fed = max(len(c.token_ids) - 1, 0)
+            cols = torch.cat([valid[b].nonzero()[:, 0],
+                              torch.arange(base, base + fed, device=valid.device)])  # fmt: skip
+            if len(cols) != len(x) + fed:  # never store keys and values that do not line up
+                self._kv.pop(key, None)
+                continue
+            self._kv[key] = _Stored(x + c.token_ids[:fed], fast.take(b, cols), version)
 
     def _lean(self) -> bool:
         if self.lean is None:
             return lean_by_default(self.model)
         return self.lean and is_plain(self.model)
+
+
+@dataclass
+class _Stored:
+    """A trajectory's cached keys and values: `tokens` are the ids they were computed from,
+    `kv` [layers, 2, kv heads, len(tokens), head dim], `version` the weights'
+    (``HFRolloutEngine._version``)."""
+
+    tokens: list[int]
+    kv: torch.Tensor
+    version: tuple[int, ...]
 
 
 class _StopStrings:
