@@ -7,19 +7,25 @@ weights; a byte-level tokenizer whose 151,936 ids past the bytes decode to words
 ASCII, half not), so every sampled id decodes; reward = the share of ASCII characters in the
 completion, dense and varying, so both trainers compute real gradients on every row. Same job for
 both: `--prompts` prompts × `--group` completions (all in one micro-batch), `--new-tokens` new
-tokens (the prompts are ~47 byte tokens), β = 0, fp32, CPU, AdamW, one optimizer step per
-generation batch, no gradient checkpointing.
+tokens (the prompts are ~46 byte tokens), β = 0, fp32, CPU, AdamW, one optimizer step per
+generation batch, no gradient checkpointing. The default, 2 × 4 completions of 64 tokens, is
+TRL's per-device batch of 8 with completions longer than the prompts, as in RL; 512 scored
+positions make the logits 311 MB per [tokens, V] copy. TRL's default 256 tokens would take ~4×
+as long on 2 cores. TRL (≥ 1.16 here) already scores tokens through a chunked, recomputing LM
+head (``add_fused_lm_head``): neither side holds log-softmax copies of the logits, and at this
+shape weights, gradients and AdamW's moments (3.1 GB in fp32) are most of either peak.
 
 Each trainer runs in its own subprocess; the two alternate over `--rounds`. Peak memory is the
 same measure for both: the child's peak resident set (ru_maxrss), which includes the ~0.5 GB of
 imported libraries. Inside each child a 5 ms sampler of /proc/self/statm attributes the resident
 set to phases (generation, backward, optimizer step, the rest: forward and scoring) marked by the
 same hooks on both sides (``torch.Tensor.backward``, torch's global optimizer-step hooks, each
-trainer's generate); it prints each phase's peak and seconds. Prints per-step medians, the
-ratios, and the load average during the run (the machine may be shared: step times move with
-it, peak memory does not).
+trainer's generate); it prints each phase's peak and seconds. Prints per-step medians of wall
+time and of process CPU time (from one step's generation to the next), the ratios, and the load
+average during the run: on a shared machine wall time moves with other jobs (two threads
+waiting on each other at every small decode op), CPU time less, peak memory not at all.
 
-    python benchmarks/grpo_vs_trl_realvocab.py            # ~6 min on an idle 2-core machine
+    python benchmarks/grpo_vs_trl_realvocab.py   # 5.5 min on a 2-core machine at load 3
 """
 
 from __future__ import annotations
@@ -89,6 +95,7 @@ class PhasePeaks:
         self.stack: list[str] = ["rest"]
         self.peak: defaultdict[str, float] = defaultdict(float)
         self.seconds: defaultdict[str, float] = defaultdict(float)
+        self.step_cpu: list[float] = []  # process CPU seconds (all threads) at each step's start
         threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self) -> None:
@@ -101,6 +108,8 @@ class PhasePeaks:
                 time.sleep(0.005)
 
     def enter(self, phase: str) -> None:
+        if phase == "generate":  # each GRPO step starts with one generation batch
+            self.step_cpu.append(time.process_time())
         self.stack.append(phase)
         self.seconds[phase] -= time.perf_counter()
 
@@ -121,14 +130,22 @@ class PhasePeaks:
 
     def watch_backward_and_optimizer(self) -> None:
         import torch
+        from torch.optim.optimizer import (
+            register_optimizer_step_post_hook,
+            register_optimizer_step_pre_hook,
+        )
 
         self.wrap(torch.Tensor, "backward", "backward")
-        torch.optim.optimizer.register_optimizer_step_pre_hook(lambda *_: self.enter("optimizer"))
-        torch.optim.optimizer.register_optimizer_step_post_hook(lambda *_: self.leave())
+        register_optimizer_step_pre_hook(lambda *_: self.enter("optimizer"))
+        register_optimizer_step_post_hook(lambda *_: self.leave())
 
-    def report(self) -> dict[str, dict[str, float]]:
-        return {"peak_mib": {k: round(v) for k, v in self.peak.items()},
-                "seconds": {k: round(v, 2) for k, v in self.seconds.items() if k != "rest"}}  # fmt: skip
+    def report(self) -> dict[str, Any]:
+        """Peaks, seconds per phase, and CPU seconds of each step but the last (from one
+        step's generation to the next: less sensitive to other jobs than wall time)."""
+        cpu = [round(b - a, 2) for a, b in zip(self.step_cpu, self.step_cpu[1:], strict=False)]
+        return {"phase_peak_mib": {k: round(v) for k, v in self.peak.items()},
+                "phase_seconds": {k: round(v, 2) for k, v in self.seconds.items() if k != "rest"},  # all steps
+                "cpu_times": cpu}  # fmt: skip
 
 
 def build_model(out: Path, **overrides: Any) -> Path:
@@ -266,18 +283,22 @@ def summarise(
     out: dict[str, Any] = {"load_average": loads}
     for w, rs in res.items():
         steps = [t for x in rs for t in x["times"][warmup:]]
-        phases = sorted({p for x in rs for p in x["peak_mib"]})
+        cpu = [t for x in rs for t in x["cpu_times"][warmup:]] or [float("nan")]
+        phases = sorted({p for x in rs for p in x["phase_peak_mib"]})
         out[w] = {
             "median_step_s": round(statistics.median(steps), 2), "steps": len(steps),
+            "median_step_cpu_s": round(statistics.median(cpu), 2),
             "peak_mib": round(max(x["peak_mib"] for x in rs)),
-            "phase_peak_mib": {p: max(x["peak_mib"].get(p, 0) for x in rs) for p in phases},
-            "phase_s_per_step": {p: round(statistics.median(x["seconds"].get(p, 0.0) / len(x["times"])
+            "phase_peak_mib": {p: max(x["phase_peak_mib"].get(p, 0) for x in rs) for p in phases},
+            "phase_s_per_step": {p: round(statistics.median(x["phase_seconds"].get(p, 0.0) / len(x["times"])
                                                             for x in rs), 2) for p in phases if p != "rest"},
             "mean_reward": round(statistics.fmean(y for x in rs for y in x["rewards"]), 3),
         }  # fmt: skip
     if len(res) == 2:
         out["ratio_step"] = round(out["verirl"]["median_step_s"] / out["trl"]["median_step_s"], 3)
         out["ratio_peak"] = round(out["verirl"]["peak_mib"] / out["trl"]["peak_mib"], 3)
+        cpu_v, cpu_t = out["verirl"]["median_step_cpu_s"], out["trl"]["median_step_cpu_s"]
+        out["ratio_step_cpu"] = round(cpu_v / cpu_t, 3)
     return out
 
 
@@ -289,7 +310,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--group", type=int, default=4)
-    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--verirl-set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for verirl's run (e.g. model.forward=transformers)")  # fmt: skip
     p.add_argument("--head-block-min", type=int, help="verirl.train.model.HEAD_BLOCK_MIN_ELEMENTS "
@@ -312,6 +333,7 @@ def main() -> None:
         for r in range(a.rounds):
             for w in sides:
                 res[w].append(measure(w, model_dir, a, out / f"round-{r}-{w}"))
+                print(f"{w} round {r}: " + json.dumps(res[w][-1]), flush=True)
                 loads.append(os.getloadavg()[0])
     s = summarise(res, a.warmup, loads)
     s["shape"] = {"prompts": a.prompts, "group": a.group, "new_tokens": a.new_tokens,
@@ -319,15 +341,17 @@ def main() -> None:
                   "verirl_set": a.verirl_set, "head_block_min": a.head_block_min}  # fmt: skip
     for w in [w for w in ("trl", "verirl") if w in s]:
         x = s[w]
-        print(f"{w:>7}: median step {x['median_step_s']:.2f} s over {x['steps']} steps, peak RSS "
-              f"{x['peak_mib']} MiB, mean reward {x['mean_reward']:.3f}")  # fmt: skip
+        print(f"{w:>7}: median step {x['median_step_s']:.2f} s over {x['steps']} steps "
+              f"({x['median_step_cpu_s']:.2f} CPU s), peak RSS {x['peak_mib']} MiB, "
+              f"mean reward {x['mean_reward']:.3f}")  # fmt: skip
         print(" " * 9 + "peak MiB by phase " + json.dumps(x["phase_peak_mib"])
-              + ", s/step " + json.dumps(x["phase_s_per_step"]))  # fmt: skip
+              + ", s per step (mean, all steps) " + json.dumps(x["phase_s_per_step"]))  # fmt: skip
     print(
         "load average (1 min) at start and after each run: " + " ".join(f"{v:.1f}" for v in loads)
     )
     if "ratio_step" in s:
-        print(f"ratio verirl/trl: step {s['ratio_step']:.3f}, peak memory {s['ratio_peak']:.3f}")
+        print(f"ratio verirl/trl: step {s['ratio_step']:.3f} (CPU time {s['ratio_step_cpu']:.3f}), "
+              f"peak memory {s['ratio_peak']:.3f}")  # fmt: skip
     if a.json:
         Path(a.json).write_text(json.dumps(s, indent=1) + "\n")
 
