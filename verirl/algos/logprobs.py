@@ -149,17 +149,18 @@ class _TokenLogprobs(torch.autograd.Function):
                 grad_z[r, c] = _logit_grad(z[r, c], lse[r, c], tokens[r, c], grad_out[r, c], tau)
             if weight is None:
                 return grad_z, None, None, None, None, None, None, None
-            flat_g = grad_z.flatten(0, -2)  # [B·T, V]
-            grad_b = None if bias is None else flat_g.sum(0)
-            grad_w = flat_g.t() @ x.flatten(0, -2)  # [V, H]
-            return grad_z @ weight, grad_w, grad_b, None, None, None, None, None
+            flat_g = grad_z.flatten(0, -2).to(weight.dtype)  # [B·T, V] (autocast: bf16 logits)
+            grad_b = None if bias is None else flat_g.sum(0).to(bias.dtype)
+            grad_w = flat_g.t() @ x.flatten(0, -2).to(weight.dtype)  # [V, H]
+            grad_x = (flat_g @ weight).view(x.shape).to(x.dtype)
+            return grad_x, grad_w, grad_b, None, None, None, None, None
         grad_x = torch.zeros_like(x)  # ∂h, block by block from each block's projection again
         acc = torch.promote_types(weight.dtype, torch.float32)  # ∂W, ∂b summed over blocks
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
         grad_b = None if bias is None else torch.zeros(bias.shape, dtype=acc, device=bias.device)
         for r, c in blocks:
             z = _block_logits(x, weight, bias, r, c)
-            gz = _logit_grad(z, lse[r, c], tokens[r, c], grad_out[r, c], tau).to(x.dtype)
+            gz = _logit_grad(z, lse[r, c], tokens[r, c], grad_out[r, c], tau).to(weight.dtype)
             grad_x[r, c] = gz @ weight
             flat_g, flat_x = gz.flatten(0, -2), x[r, c].flatten(0, -2)  # [b·t, V], [b·t, H]
             grad_w.addmm_(flat_g.t().to(acc), flat_x.to(acc))
