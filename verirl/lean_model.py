@@ -393,7 +393,7 @@ class LeanDecoder:
         self.k = [torch.empty(shape, dtype=p.dtype, device=p.device) for _ in self.layers]
         self.v = [torch.empty(shape, dtype=p.dtype, device=p.device) for _ in self.layers]
         self.len = 0
-        # Additive key mask for decode steps: −inf on prompt padding, 0 elsewhere.
+        # Additive key mask: −inf on padding (of prompts, of loaded caches), 0 elsewhere.
         self.neg = torch.zeros((batch, max_len), dtype=p.dtype, device=p.device)
         self.cos, self.sin_rot = _rope_tables(model, torch.arange(max_len, device=p.device))
 

@@ -8,7 +8,10 @@ are rendered as tokens (``verirl.rollout.turns``) and appended. Episodes whose r
 join the next generation batch while slow tool calls of others are still running: the driver
 generates as soon as at least ``batch_frac`` of the episodes still running are ready (or none
 is waiting on a tool), otherwise it waits for the next response. ``batch_frac=1.0`` advances
-all episodes in lockstep, which makes a seeded run independent of tool timing.
+all episodes in lockstep, which makes a seeded run independent of tool timing. An engine with
+``keeps_kv`` (hf) gets one ``cache_keys`` entry per episode, so a turn prefills only the tokens
+appended since the episode's last turn; an episode's cached keys and values are released when
+it ends, and all of them when the call returns or raises.
 
 Each trajectory comes back as one ``Completion`` whose ``token_ids`` are every token after the
 prompt (the model's and the environment's), ``logprobs`` the engine's at the model's tokens
