@@ -95,6 +95,21 @@ def test_extend_on_a_loaded_cache_equals_a_full_prefill(policy):
         assert torch.allclose(after[b], _last_logits(model, [*s, int(nxt[b])]), atol=1e-5)
 
 
+def _continued(monkeypatch) -> list[int]:
+    """The block widths of every ``extend`` onto a non-empty cache (a stored trajectory's next
+    turn), recorded from now on."""
+    widths: list[int] = []
+    real = LeanDecoder.extend
+
+    def extend(d: LeanDecoder, ids: torch.Tensor, *args: object) -> torch.Tensor:
+        if d.len:
+            widths.append(ids.shape[1])
+        return real(d, ids, *args)
+
+    monkeypatch.setattr(LeanDecoder, "extend", extend)
+    return widths
+
+
 def _env_runs(mask: list[int]) -> list[int]:
     """Lengths of the runs of 0 (environment tokens) in a mask."""
     out: list[int] = []
@@ -128,9 +143,7 @@ def test_episodes_with_the_cache_equal_episodes_without_it(policy, monkeypatch, 
     and the last sampled token); tokens equal, logprobs within 1e-5 of the uncached run and of
     a teacher-forced forward over the whole trajectory; the store is empty afterwards."""
     model, tok = policy
-    widths: list[int] = []
-    real = LeanDecoder.extend
-    monkeypatch.setattr(LeanDecoder, "extend", lambda d, ids, *a: widths.append(ids.shape[1]) or real(d, ids, *a))  # fmt: skip
+    widths = _continued(monkeypatch)
     ref = _run(HFRolloutEngine(model, tok, keep_kv=False), ROWS, sp, tok)
     assert widths == []
     engine = HFRolloutEngine(model, tok)
@@ -160,9 +173,7 @@ def test_changed_weights_and_other_tokens_never_use_stored_keys_and_values(
     policy, tiny_model_dir, monkeypatch
 ):
     _, tok = policy
-    extended: list[int] = []
-    real = LeanDecoder.extend
-    monkeypatch.setattr(LeanDecoder, "extend", lambda d, ids, *a: extended.append(1) or real(d, ids, *a))  # fmt: skip
+    extended = _continued(monkeypatch)
     copy = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     engine, fresh = HFRolloutEngine(copy, tok), HFRolloutEngine(copy, tok, keep_kv=False)
     greedy = SamplingParams(5, temperature=0.0)
@@ -180,17 +191,17 @@ def test_changed_weights_and_other_tokens_never_use_stored_keys_and_values(
 
     # The stored tokens are a prefix of "a"'s next prompt: the cache is used.
     same(engine.generate_ids([nxt], 1, greedy, cache_keys=["a"]))
-    assert extended == [1]
+    assert len(extended) == 1
     # "b"'s tokens are not a prefix of this prompt: a full prefill.
     other = tok("99*9=", add_special_tokens=False)["input_ids"]
     engine.generate_ids([other], 1, greedy, cache_keys=["b"])
-    assert extended == [1]
+    assert len(extended) == 1
     # Weights changed in place (an optimizer step, no update_weights): never the stale cache.
     engine.generate_ids([p], 1, greedy, cache_keys=["a"])
     with torch.no_grad():
         copy.lm_head.weight.mul_(1.5)
     same(engine.generate_ids([nxt], 1, greedy, cache_keys=["a"]))
-    assert extended == [1]
+    assert len(extended) == 1
     # update_weights drops the store; release and close drop keys.
     assert engine._kv
     engine.update_weights(copy)

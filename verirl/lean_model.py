@@ -411,26 +411,7 @@ class LeanDecoder:
         its keys and values copied to its n rows."""
         if self.len:
             raise RuntimeError("prefill needs an empty cache")
-        u, t = ids.shape
-        self.neg[:, :t].masked_fill_(~valid[rows], float("-inf"))
-        # causal, and a padding query attends to itself (never all-masked)
-        eye = torch.eye(t, dtype=torch.bool, device=ids.device)
-        seen = (valid[:, None, None, :] & eye.cumsum(0).bool()) | eye  # [U, 1, T, T]
-        bias = torch.zeros(seen.shape, dtype=self.neg.dtype, device=ids.device)
-        bias = bias.masked_fill_(~seen, float("-inf"))
-
-        def attend(L: _Layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [U, heads, T, hd]
-            self.k[L.index][:, :, :t] = k[rows]
-            self.v[L.index][:, :, :t] = v[rows]
-            return attention(q, k, v, L.scale, bias).transpose(1, 2).reshape(u, t, -1)
-
-        rope = _roper(self.cos[pos][:, :, None], self.sin_rot[pos][:, :, None])  # [U, T, 1, hd]
-        h = F.embedding(ids, self.model.model.embed_tokens.weight)  # [U, T, H]
-        for L in self.layers:
-            h = decoder_layer(L, h, rms_norm, rope, attend)
-        self.len = t
-        return _head(self.model, h[:, -1], rms_norm)[rows]
+        return self.extend(ids, valid, pos, rows)
 
     def load(self, cached: list[torch.Tensor | None]) -> None:
         """Fill the empty cache with each row's stored keys and values (``take``'s
@@ -454,35 +435,49 @@ class LeanDecoder:
             self.neg[b, lo:width] = 0.0
         self.len = width
 
-    def extend(self, ids: torch.Tensor, valid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def extend(
+        self,
+        ids: torch.Tensor,
+        valid: torch.Tensor,
+        pos: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Append a block of W positions to every row (`ids`, `valid`, `pos`: [B, W]; each
         row's new tokens left-padded in the block, padding masked) and return the logits of
         the block's last position [B, V]. Queries attend to every valid cached position and
-        causally within the block: ``prefill`` generalised to a non-empty cache (a multi-turn
-        trajectory's next turn: only the tokens appended since the last one run)."""
-        b, w = ids.shape
+        causally within the block (a padding query to itself, so none is all-masked): a
+        multi-turn trajectory's next turn runs only the tokens appended since the last.
+        `rows` ([B] indices into the U rows of `ids`, empty cache only): ``prefill``."""
+        u, w = ids.shape
         start, end = self.len, self.len + w
+        if rows is not None and start:
+            raise RuntimeError("rows need an empty cache")
         self.neg[:, start:end] = 0.0
-        self.neg[:, start:end].masked_fill_(~valid, float("-inf"))
+        self.neg[:, start:end].masked_fill_(~(valid if rows is None else valid[rows]), float("-inf"))  # fmt: skip
         eye = torch.eye(w, dtype=torch.bool, device=ids.device)
-        seen = (valid[:, None, :] & eye.cumsum(0).bool()) | eye  # [B, W, W]
-        block = torch.zeros(seen.shape, dtype=self.neg.dtype, device=ids.device)
-        block = block.masked_fill_(~seen, float("-inf"))
-        bias = torch.cat([self.neg[:, None, :start].expand(b, w, start), block], -1)[:, None]
+        seen = (valid[:, None, :] & eye.cumsum(0).bool()) | eye  # [U, W, W]
+        bias = torch.zeros(seen.shape, dtype=self.neg.dtype, device=ids.device)
+        bias = bias.masked_fill_(~seen, float("-inf"))
+        if start:
+            bias = torch.cat([self.neg[:, None, :start].expand(u, w, start), bias], -1)
+        bias = bias[:, None]  # [U, 1, W, end]
 
         def attend(L: _Layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [U, heads, W, hd]
             kc, vc = self.k[L.index], self.v[L.index]  # [B, nkv, max_len, hd]
-            kc[:, :, start:end] = k.transpose(1, 2)
-            vc[:, :, start:end] = v.transpose(1, 2)
-            o = attention(q.transpose(1, 2), kc[:, :, :end], vc[:, :, :end], L.scale, bias)
-            return o.transpose(1, 2).reshape(b, w, -1)
+            kc[:, :, start:end] = k if rows is None else k[rows]
+            vc[:, :, start:end] = v if rows is None else v[rows]
+            if start:  # the rows' cached keys, then the block's
+                k, v = kc[:, :, :end], vc[:, :, :end]
+            return attention(q, k, v, L.scale, bias).transpose(1, 2).reshape(u, w, -1)
 
-        rope = _roper(self.cos[pos][:, :, None], self.sin_rot[pos][:, :, None])  # [B, W, 1, hd]
-        h = F.embedding(ids, self.model.model.embed_tokens.weight)  # [B, W, H]
+        rope = _roper(self.cos[pos][:, :, None], self.sin_rot[pos][:, :, None])  # [U, W, 1, hd]
+        h = F.embedding(ids, self.model.model.embed_tokens.weight)  # [U, W, H]
         for L in self.layers:
             h = decoder_layer(L, h, rms_norm, rope, attend)
         self.len = end
-        return _head(self.model, h[:, -1], rms_norm)
+        logits = _head(self.model, h[:, -1], rms_norm)
+        return logits if rows is None else logits[rows]
 
     def take(self, row: int, cols: torch.Tensor) -> torch.Tensor:
         """Row `row`'s keys and values at cache positions `cols` [n] (its real tokens, in
