@@ -135,7 +135,10 @@ ROWS = [
 
 @pytest.mark.parametrize(
     "sp",
-    [SamplingParams(8, temperature=0.0), SamplingParams(8, temperature=0.8, seed=4, stop=("e",))],
+    [
+        SamplingParams(8, temperature=0.0),
+        SamplingParams(8, temperature=0.8, seed=4, stop=tuple("aeiouxyz")),
+    ],
     ids=["greedy", "sampled-stop"],
 )
 def test_episodes_with_the_cache_equal_episodes_without_it(policy, monkeypatch, sp):
@@ -150,6 +153,8 @@ def test_episodes_with_the_cache_equal_episodes_without_it(policy, monkeypatch, 
     got = _run(engine, ROWS, sp, tok)
     assert engine._kv == {}
     turns = [e.turns for e in got.episodes]
+    if sp.stop:  # the stop-string path ran too: turns cut after a stop string
+        assert any(t[-1:] in sp.stop for e in got.episodes for t in e.model_turns[:-1])
     assert turns == [e.turns for e in ref.episodes] and max(turns) >= 3
     assert len(widths) == max(turns) - 1  # every later call continued from the cache
     # call k runs, per episode still going, its turn k's last token and the k-th env message
@@ -192,16 +197,21 @@ def test_changed_weights_and_other_tokens_never_use_stored_keys_and_values(
     # The stored tokens are a prefix of "a"'s next prompt: the cache is used.
     same(engine.generate_ids([nxt], 1, greedy, cache_keys=["a"]))
     assert len(extended) == 1
+    # One call, "b" continuing (the same turn 1 as "a") and "new" not: "new" has an empty cache.
+    both = engine.generate_ids([nxt, nxt], 1, greedy, cache_keys=["b", "new"])
+    same(both[:1])
+    same(both[1:])
+    assert len(extended) == 2
     # "b"'s tokens are not a prefix of this prompt: a full prefill.
     other = tok("99*9=", add_special_tokens=False)["input_ids"]
     engine.generate_ids([other], 1, greedy, cache_keys=["b"])
-    assert len(extended) == 1
+    assert len(extended) == 2
     # Weights changed in place (an optimizer step, no update_weights): never the stale cache.
     engine.generate_ids([p], 1, greedy, cache_keys=["a"])
     with torch.no_grad():
         copy.lm_head.weight.mul_(1.5)
     same(engine.generate_ids([nxt], 1, greedy, cache_keys=["a"]))
-    assert len(extended) == 1
+    assert len(extended) == 2
     # update_weights drops the store; release and close drop keys.
     assert engine._kv
     engine.update_weights(copy)
