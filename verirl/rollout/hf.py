@@ -23,9 +23,10 @@ counters catch an optimizer step without it), is prefilled in full; the transfor
 (CUDA, unsupported architectures) and sharded models always are. Measured on the 1 M-parameter
 Qwen2 (4 layers, hidden 128), one thread on a loaded machine: 32 trajectories of ~300 tokens
 continued by ~30 new tokens each take 0.35 s (load + extend) instead of 3.8 s (full
-re-prefill), median of 5; 0.14 s against 1.8 s when the machine was idle. Memory: a stored trajectory of n tokens holds
-2 · layers · kv heads · head dim · n values (that model: 4·2·2·32·4 bytes = 2 KiB per token,
-~0.6 MiB per 300-token trajectory); ``release`` drops a finished episode's, ``close`` all.
+re-prefill), median of 5; 0.14 s against 1.8 s when the machine was idle. Memory: a stored
+trajectory of n tokens holds 2 · layers · kv heads · head dim · n values (that model:
+4·2·2·32·4 bytes = 2 KiB per token, ~0.6 MiB per 300-token trajectory); ``release`` drops a
+finished episode's, ``close`` all.
 
 The engine holds a reference to the policy module itself, so ``update_weights`` has nothing to
 copy: the next ``generate`` already samples from the weights the optimizer just changed.
