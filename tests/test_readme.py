@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
 # Lines that need what this test does not set up (an engine, a GPU, several processes).
-# The tools demo needs Docker and has its own reduced run (tests/test_demo_tools.py).
+# The tools demo and its models need Docker; tests/test_demo_tools.py runs the demo reduced.
 SKIP = ("humaneval", "vllm", "cuda", "torchrun", "sandbox ", "my_math.yaml", "cfg.yaml",
-        "--task tools")  # fmt: skip
+        "--task tools", "demo-tools")  # fmt: skip
 TRAIN_BUDGET = ["train.steps=2", "train.save_every=1", "algo.batch_size=16", "log.samples_every=1"]
 BUDGET = {
     "sft": ["train.steps=2", "train.batch_size=4"],
