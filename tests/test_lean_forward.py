@@ -161,3 +161,36 @@ def test_blockwise_head_logprobs_equal_the_logits_path(tiny_model_dir, monkeypat
     torch.testing.assert_close(ent_b[m], ent_a[m], atol=1e-5, rtol=1e-5)
     for n, g in g_a.items():
         assert (g_b[n] - g).abs().max() <= 1e-5 * g.abs().max() + 1e-7, n
+
+
+def test_a_real_vocabulary_takes_the_head_function_on_the_lean_path(monkeypatch):
+    """Vocabularies of real models (>= HEAD_PATH_MIN_VOCAB) score tokens through the head
+    function on the lean path (less peak memory on the real-vocabulary benchmark): the same
+    log-probs and gradients as transformers' own forward + log-softmax."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from verirl.train.model import forward_logprobs
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=model_mod.HEAD_PATH_MIN_VOCAB + 5, hidden_size=32,
+                      intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, tie_word_embeddings=True)  # fmt: skip
+    model = Qwen2ForCausalLM(cfg).float()
+    rows = [([5, 6, 7], [8, 9, 10, 11]), ([12, 13], [14, 15])]
+    batch = pack([p for p, _ in rows], [c for _, c in rows], 0, "cpu")
+    first = batch.first_target()
+    calls = []
+    real = model_mod.head_token_logprobs_and_entropy
+    monkeypatch.setattr(model_mod, "head_token_logprobs_and_entropy",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))  # fmt: skip
+    out = {}
+    for forward in ("transformers", "lean"):
+        model.zero_grad(set_to_none=True)
+        lp, _, _ = forward_logprobs(model, batch, start=first, forward=forward, temperature=0.5)
+        (lp * batch.mask[:, first:]).sum().backward()
+        out[forward] = (lp.detach(), model.lm_head.weight.grad.clone())
+    assert calls == [1]  # the lean path only
+    m = batch.mask[:, first:].bool()
+    torch.testing.assert_close(out["lean"][0][m], out["transformers"][0][m], atol=1e-5, rtol=1e-5)
+    g_t, g_l = out["transformers"][1], out["lean"][1]
+    assert (g_l - g_t).abs().max() <= 1e-5 * g_t.abs().max() + 1e-7
