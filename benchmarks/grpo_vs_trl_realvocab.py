@@ -192,10 +192,11 @@ def run_verirl(
     from verirl.train.metrics import read_metrics
 
     peaks.wrap(HFRolloutEngine, "_generate", "generate")
-    if a.head_block_min is not None:  # batches above it score from the hidden state in blocks
+    if a.head_block_min is not None:  # batches above it score through the head function
         import verirl.train.model
 
         verirl.train.model.HEAD_BLOCK_MIN_ELEMENTS = a.head_block_min
+        verirl.train.model.HEAD_PATH_MIN_VOCAB = 2**62  # the threshold alone decides
     cfg = {
         "name": "verirl", "run_dir": str(out), "model": {"path": model_dir},
         "env": {"name": AsciiWords.name},
@@ -314,7 +315,8 @@ def main() -> None:
     p.add_argument("--verirl-set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for verirl's run (e.g. model.forward=transformers)")  # fmt: skip
     p.add_argument("--head-block-min", type=int, help="verirl.train.model.HEAD_BLOCK_MIN_ELEMENTS "
-                   "for verirl's run (0: the lean path always scores through the blocked head)")  # fmt: skip
+                   "for verirl's run, deciding alone (0: always the head function; a huge value: the plain "
+                   "head, the default before real vocabularies took the head function)")  # fmt: skip
     p.add_argument("--only", choices=["trl", "verirl"], help="run one side only (its memory)")
     p.add_argument("--json", help="also write the summary to this file")
     p.add_argument("--model", help=argparse.SUPPRESS)
