@@ -76,12 +76,17 @@ def end_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
 class RolloutEngine(ABC):
     """Generates completions; kept in sync with the policy being trained."""
 
-    @abstractmethod
+    tokenizer: Any
+
     def generate(
         self, prompts: list[str], n: int, sampling: SamplingParams
     ) -> list[list[Completion]]:
-        """For each prompt (already chat-templated text), ``n`` completions: result[i][j]."""
+        """For each prompt (already chat-templated text), ``n`` completions: result[i][j].
+        Tokenised without special tokens (the template wrote them), then ``generate_ids``."""
+        ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        return self.generate_ids(ids, n, sampling)
 
+    @abstractmethod
     def generate_ids(
         self,
         prompt_ids: list[list[int]],
@@ -93,7 +98,6 @@ class RolloutEngine(ABC):
         re-tokenises them, so the next turn continues from exactly the tokens sampled.
         `max_new_tokens`: a limit per prompt (each trajectory's remaining token budget), applied
         on top of ``sampling.max_new_tokens``; None: that one limit for all."""
-        raise NotImplementedError(f"{type(self).__name__} cannot continue from token ids")
 
     @abstractmethod
     def update_weights(self, model: Any) -> float:

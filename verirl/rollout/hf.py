@@ -98,12 +98,6 @@ class HFRolloutEngine(RolloutEngine):
     def close(self) -> None:
         self._kv.clear()
 
-    def generate(
-        self, prompts: list[str], n: int, sampling: SamplingParams
-    ) -> list[list[Completion]]:
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        return self.generate_ids(ids, n, sampling)
-
     def generate_ids(
         self,
         prompt_ids: list[list[int]],

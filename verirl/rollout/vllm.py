@@ -333,13 +333,6 @@ class VLLMRolloutEngine(RolloutEngine):
 
     # -- generation ---------------------------------------------------------------------------
 
-    def generate(
-        self, prompts: list[str], n: int, sampling: SamplingParams
-    ) -> list[list[Completion]]:
-        # Tokenise like the hf backend (no BOS/special tokens added to templated text).
-        prompt_ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
-        return self.generate_ids(prompt_ids, n, sampling)
-
     def generate_ids(
         self,
         prompt_ids: list[list[int]],
