@@ -55,6 +55,16 @@ def clear_demo_outputs(out: Path, outputs: Sequence[str] = DEMO_OUTPUTS) -> list
     return kept
 
 
+def start_demo_dir(out: Path, outputs: Sequence[str]) -> None:
+    """Clear an earlier demo's `outputs` in `out` (``clear_demo_outputs``), create `out`, record
+    what this demo will write in its marker, and name the entries left alone."""
+    kept = clear_demo_outputs(out, outputs)  # the demo starts from nothing of its own
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps({"outputs": list(outputs)}) + "\n")
+    if kept:
+        print(f"{out}: leaving {', '.join(kept)} alone (not written by the demo)")
+
+
 def config_path(name: str) -> Path:
     for d in CONFIG_DIRS:
         if (d / name).is_file():
@@ -121,11 +131,7 @@ def main(
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    kept = clear_demo_outputs(out)  # the demo starts from nothing of its own
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text(json.dumps({"outputs": list(DEMO_OUTPUTS)}) + "\n")
-    if kept:
-        print(f"{out}: leaving {', '.join(kept)} alone (not written by the demo)")
+    start_demo_dir(out, DEMO_OUTPUTS)
     print(f"[1/4] building a tiny Qwen2 in {out / 'tiny-model'}")
     from transformers.utils import logging as hf_logging
 

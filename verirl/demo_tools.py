@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from verirl.demo import MARKER, clear_demo_outputs, config_path
+from verirl.demo import config_path, start_demo_dir
 
 OUTPUTS = ("tiny-model", "sft_data.jsonl", "sft", "grpo", "eval", "summary.json", "report.md")
 _OPERANDS = re.compile(r"(\d+) \* (\d+)")
@@ -144,11 +144,7 @@ def main(
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    kept = clear_demo_outputs(out, OUTPUTS)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text(json.dumps({"outputs": list(OUTPUTS)}) + "\n")
-    if kept:
-        print(f"{out}: leaving {', '.join(kept)} alone (not written by the demo)")
+    start_demo_dir(out, OUTPUTS)
     print(f"[1/4] building a tiny Qwen2 in {out / 'tiny-model'}")
     from transformers.utils import logging as hf_logging
 
