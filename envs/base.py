@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -102,6 +102,16 @@ class Environment(ABC):
         return self.score(episode.final_text, episode.row)
 
     # ---- helpers ------------------------------------------------------------------------------
+    def split_file(self, data: Any, split: str) -> str:
+        """The data file of `split`: `data` itself (one file for every split) or its entry in a
+        ``{split: path}`` mapping; a split the mapping lacks is a DataError naming the env."""
+        if isinstance(data, Mapping):
+            if split not in data:
+                raise DataError(f"env {self.name!r}: no data file for split {split!r}")
+            return str(data[split])
+        return str(data)
+
+    # ---- checks -------------------------------------------------------------------------------
     def validate_rows(self, rows: Sequence[Row], source: str, extra: Sequence[str] = ()) -> None:
         """Raise DataError naming the source, row number (from 1, as everywhere) and field."""
         needed = (*self.fields, *extra)

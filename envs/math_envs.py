@@ -95,12 +95,7 @@ class MathEnv(Environment):
 
     def _load(self, split: str) -> list[Row]:
         if self.data is not None:
-            if isinstance(self.data, Mapping):
-                if split not in self.data:
-                    raise DataError(f"env {self.name!r}: no data file for split {split!r}")
-                path = str(self.data[split])
-            else:
-                path = str(self.data)
+            path = self.split_file(self.data, split)
             return self._convert(read_jsonl(path), path)
         if self.dataset is None:
             raise DataError(

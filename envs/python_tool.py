@@ -43,7 +43,6 @@ from verirl.rewards.math_reward import math_reward
 from verirl.rewards.result import RewardResult
 from verirl.sandboxes.sandbox import Job, RunResult
 
-from verirl.errors import DataError
 from verirl.jsonl import read_jsonl
 
 PYTHON_TAG_PROMPT = (
@@ -299,12 +298,7 @@ class PythonToolEnv(Environment):
             raise ValueError(f"unknown split {split!r}; python_tool has 'train' and 'test'")
         if self.data is None:
             return tuple(self.make_row(split, i) for i in range(self.sizes[split]))
-        if isinstance(self.data, Mapping):
-            if split not in self.data:
-                raise DataError(f"env {self.name!r}: no data file for split {split!r}")
-            path = str(self.data[split])
-        else:
-            path = str(self.data)
+        path = self.split_file(self.data, split)
         rows = read_jsonl(path)
         self.validate_rows(rows, path)
         if any(not _INTEGER.fullmatch(str(r["answer"]).strip()) for r in rows):
